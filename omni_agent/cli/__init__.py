@@ -1,0 +1,1 @@
+"""The omni-agent command line."""

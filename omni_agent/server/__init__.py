@@ -1,0 +1,1 @@
+"""HTTP services: the Thinker, Talker and agent servers."""
