@@ -1,0 +1,627 @@
+"""The agent: a Thinker, the bus, optionally a Talker, and per-session conversation state.
+
+::
+
+    agent = Agent(thinker=ScriptedThinker("Hi there."), middleware=[MyFilter()])
+    session = agent.session()
+    print(session.ask("hello").text)          # a script
+    async for event in session.run("hello"):  # a live app
+        ...
+
+A turn flows: input hooks -> Thinker rounds -> event hooks / stream middleware ->
+segmenter -> utterance hooks -> Talker -> audio hooks. The Thinker side and the Talker
+run as two tasks joined by a bounded queue, so the Talker starts on the first approved
+clause while the Thinker is still generating, and a slow Talker slows the Thinker down
+instead of letting memory grow. Each stage is a method a subclass may override
+(``build_request``, ``render_contexts``, ``make_segmenter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from .bus import Bus, Middleware, RoundEnd, TurnContext
+from .errors import Blocked, OmniAgentError, UnsupportedInputError
+from .events import (
+    AudioChunk,
+    AudioPart,
+    ErrorEvent,
+    Event,
+    Interruption,
+    ReasoningDelta,
+    TextDelta,
+    TextPart,
+    ToolCall,
+    ToolResult,
+    TurnEnd,
+    UserTurn,
+    Utterance,
+)
+from .talker import Talker
+from .thinker import GenerationSettings, Message, Thinker, ThinkerRequest
+from .trace import Segment, Trace
+
+__all__ = ["Agent", "Session", "TurnResult", "InMemoryHistory"]
+
+_DONE = object()
+_INTERRUPTED = object()
+
+
+class InMemoryHistory:
+    """Conversation history kept in process (the default). See ``omni_agent.memory`` for
+    a persistent history with a token budget."""
+
+    def __init__(self, max_messages: int = 200):
+        self.max_messages = max_messages
+        self._by_session: dict[str, list[Message]] = {}
+
+    def load(self, session_id: str) -> list[Message]:
+        return list(self._by_session.get(session_id, ()))
+
+    def save_turn(self, session_id: str, messages: list[Message], *, interrupted: bool = False) -> None:
+        msgs = self._by_session.setdefault(session_id, [])
+        msgs.extend(messages)
+        del msgs[: max(0, len(msgs) - self.max_messages)]
+
+
+@dataclass
+class TurnResult:
+    """Everything one turn produced."""
+
+    text: str
+    spoken: str
+    reason: str
+    events: list[Event]
+    trace: Trace
+    audio: bytes = b""
+    sample_rate: int | None = None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return self.trace.tool_calls
+
+    @property
+    def utterances(self) -> list[Utterance]:
+        return [e for e in self.events if isinstance(e, Utterance)]
+
+    @property
+    def errors(self) -> list[ErrorEvent]:
+        return [e for e in self.events if isinstance(e, ErrorEvent)]
+
+
+class Agent:
+    """An agent: ``Agent(thinker=..., talker=None, middleware=[...], tools=[...])``.
+
+    * ``middleware`` — Middleware instances, classes or plain functions (utterance hooks),
+      in order.
+    * ``tools`` — typed functions decorated with ``@tool`` (or a ToolRegistry); the tool
+      middleware is then put first in the chain.
+    * ``fallback`` — spoken (and shown) instead of a clause a middleware blocked.
+    * ``keep_originals`` — False keeps the text before each intervention out of the trace.
+    * ``display`` — "auto": clause by clause (approved utterances) when any utterance
+      middleware is present, else token by token; or force "clause" / "stream".
+    * ``ears`` — speech recognition for audio turns when the Thinker cannot hear.
+    * ``history`` — conversation memory (``load``/``save_turn``); in-process by default.
+    """
+
+    def __init__(
+        self,
+        thinker: Thinker,
+        *,
+        talker: Talker | None = None,
+        middleware: Iterable[Any] = (),
+        tools: Any = None,
+        system_prompt: str | None = None,
+        fallback: str | None = "Sorry, I can't say that.",
+        keep_originals: bool = True,
+        display: str = "auto",
+        ears: Any = None,
+        history: Any = None,
+        settings: GenerationSettings | None = None,
+        max_rounds: int = 6,
+        talker_buffer: int = 4,
+        out_buffer: int = 64,
+        lang: str | None = None,
+        segmenter: Callable[[], Any] | None = None,
+    ):
+        if thinker is None:
+            raise OmniAgentError("Agent needs a thinker, e.g. Agent(thinker=TransformersThinker.default())")
+        if display not in ("auto", "clause", "stream"):
+            raise OmniAgentError(f"display must be 'auto', 'clause' or 'stream', not {display!r}")
+        self.thinker = thinker
+        self.talker = talker
+        self.system_prompt = system_prompt
+        self.fallback = fallback
+        self.keep_originals = keep_originals
+        self.ears = ears
+        self.history = history if history is not None else InMemoryHistory()
+        self.settings = settings or GenerationSettings()
+        self.max_rounds = max_rounds
+        self.talker_buffer = talker_buffer
+        self.out_buffer = out_buffer
+        self.lang = lang
+        self._segmenter_factory = segmenter
+        chain = list(middleware)
+        self.tools = None
+        if tools is not None and tools != []:
+            from .tools import ToolRegistry
+            from .middleware.tool_calling import ToolCalling
+
+            self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+            if not any(isinstance(m, ToolCalling) for m in chain):
+                chain.insert(0, ToolCalling(self.tools))
+        self.bus = Bus(chain)
+        self.display = display if display != "auto" else ("clause" if self.bus.utterance_hooks else "stream")
+        self._sessions: dict[str, Session] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def middleware(self) -> list[Middleware]:
+        return self.bus.middleware
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Agent":
+        """Build an agent from a TOML file path, TOML text or a dict (see docs/config)."""
+        from .config import build_agent, load_config
+
+        return build_agent(load_config(config))
+
+    # ------------------------------------------------------------------ sessions
+
+    def session(self, session_id: str | None = None) -> "Session":
+        """The session with this id (created on first use; a fresh id when None)."""
+        sid = session_id or uuid.uuid4().hex[:12]
+        s = self._sessions.get(sid)
+        if s is None:
+            s = self._sessions[sid] = Session(self, sid)
+        return s
+
+    def ask(self, text: str | UserTurn, session_id: str = "default") -> TurnResult:
+        """One turn, synchronously, on the ``default`` session (for scripts)."""
+        return self.session(session_id).ask(text)
+
+    def _run_sync(self, coro: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise OmniAgentError("ask() is for scripts; inside async code use `await session.aask(...)`")
+        # One loop per agent, kept: backends may hold loop-bound clients across turns.
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    async def aclose(self) -> None:
+        for part in (self.thinker, self.talker):
+            close = getattr(part, "aclose", None)
+            if close is not None:
+                await close()
+
+    def close(self) -> None:
+        """Release backends (sync form of :meth:`aclose`)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_until_complete(self.aclose())
+            self._loop.close()
+
+    # ------------------------------------------------------------------ overridable stages
+
+    def make_segmenter(self) -> Any:
+        """A fresh segmenter for one turn (override to change how clauses are cut)."""
+        if self._segmenter_factory is not None:
+            return self._segmenter_factory()
+        from .middleware.segmenter import Segmenter
+
+        return Segmenter()
+
+    def render_contexts(self, contexts: list[Any]) -> str:
+        """Turn retrieved contexts into prompt text, marked as untrusted data."""
+        from .middleware.rag import render_context
+
+        return render_context(contexts)
+
+    def build_request(self, ctx: TurnContext) -> ThinkerRequest:
+        """The Thinker request for the next round of this turn."""
+        opts = ctx.state.pop("_next_request", {})
+        return ThinkerRequest(
+            messages=list(ctx.messages),
+            tools=self.tools.openai_schemas() if self.tools is not None else [],
+            tool_choice=opts.get("tool_choice", "auto"),
+            settings=opts.get("settings", self.settings),
+            session_id=ctx.session_id,
+            turn_id=ctx.turn_id,
+            constraint=opts.get("constraint"),
+            extra=opts.get("extra", {}),
+        )
+
+
+class Session:
+    """One conversation with an agent: its history and its current turn.
+
+    One turn runs at a time; :meth:`interrupt` cancels it (barge-in).
+    """
+
+    def __init__(self, agent: Agent, session_id: str):
+        self.agent = agent
+        self.id = session_id
+        self.turn_id = 0
+        self.state: dict[str, Any] = {}  # per session, free for middleware
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._out: asyncio.Queue[Any] | None = None
+        self._ctx: TurnContext | None = None
+        self.last_trace: Trace | None = None
+
+    @property
+    def history(self) -> list[Message]:
+        return self.agent.history.load(self.id)
+
+    @property
+    def busy(self) -> bool:
+        return self._ctx is not None
+
+    # ------------------------------------------------------------------ sync / collected
+
+    def ask(self, turn: str | UserTurn) -> TurnResult:
+        """Run one turn to the end, synchronously (for scripts)."""
+        return self.agent._run_sync(self.aask(turn))
+
+    async def aask(self, turn: str | UserTurn) -> TurnResult:
+        """Run one turn to the end and collect what it produced."""
+        events: list[Event] = []
+        audio = bytearray()
+        sr = None
+        end: TurnEnd | None = None
+        async for ev in self.run(turn):
+            events.append(ev)
+            if isinstance(ev, AudioChunk):
+                audio += ev.pcm
+                sr = ev.sample_rate
+            elif isinstance(ev, TurnEnd):
+                end = ev
+        assert end is not None and self.last_trace is not None
+        return TurnResult(end.text, end.spoken, end.reason, events, self.last_trace, bytes(audio), sr)
+
+    # ------------------------------------------------------------------ barge-in
+
+    def interrupt(self, reason: str = "barge-in") -> bool:
+        """Cancel the running turn: Thinker, tools and Talker stop now. Returns False when
+        no turn was running. The turn's stream then ends with Interruption and TurnEnd."""
+        ctx, out = self._ctx, self._out
+        if ctx is None or out is None or ctx.interrupted:
+            return False
+        ctx.interrupted = True
+        ctx.state["_interrupt_reason"] = reason
+        ctx.trace.mark("interrupted")
+        for t in self._tasks:
+            t.cancel()
+        # Whatever was queued for output is moot now (it will not be played).
+        while not out.empty():
+            out.get_nowait()
+        out.put_nowait(_INTERRUPTED)
+        return True
+
+    # ------------------------------------------------------------------ one turn
+
+    async def run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
+        """Run one turn, yielding every event as it happens; ends with TurnEnd."""
+        if self._ctx is not None:
+            raise OmniAgentError(f"session {self.id} is already running a turn: wait for it "
+                                 "or call interrupt() first")
+        agent = self.agent
+        if isinstance(turn, str):
+            turn = UserTurn.of(turn)
+        if not isinstance(turn, UserTurn):
+            raise TypeError(f"a turn is a string or a UserTurn, not {type(turn).__name__}")
+        if not turn.parts:
+            raise UnsupportedInputError("the turn is empty: give text, audio, an image or a video")
+        self.turn_id += 1
+        trace = Trace(self.id, self.turn_id, agent.keep_originals)
+        turn.session_id, turn.turn_id = self.id, self.turn_id
+        history = agent.history.load(self.id)
+        ctx = TurnContext(self.id, self.turn_id, trace, agent=agent, session_state=self.state,
+                          lang=agent.lang)
+        await self._hear(turn, trace)
+        self._check_modalities(turn)
+
+        self._ctx = ctx
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=agent.out_buffer)
+        self._out = out
+        self._tasks = []
+        try:
+            yield turn
+            accepted, blocker = await agent.bus.process_input(turn, ctx)
+            for e in ctx._emitted:
+                yield e
+            ctx._emitted.clear()
+            if accepted is None:
+                async for ev in self._refuse(ctx, blocker):
+                    yield ev
+                return
+            ctx.messages = self._prompt(history, accepted, ctx)
+            first_new = len(ctx.messages) - 1  # the user message and what follows are this turn's
+            talker = agent.talker
+            utt_q: asyncio.Queue[Any] | None = asyncio.Queue(maxsize=agent.talker_buffer) if talker else None
+            self._tasks.append(asyncio.ensure_future(self._pump(ctx, out, utt_q)))
+            if talker is not None:
+                self._tasks.append(asyncio.ensure_future(self._talk(ctx, out, utt_q, talker)))
+            display: list[str] = []
+            pending = len(self._tasks)
+            clause_mode = agent.display == "clause"
+            interrupted = False
+            while pending:
+                ev = await out.get()
+                if ev is _DONE:
+                    pending -= 1
+                    continue
+                if ev is _INTERRUPTED:
+                    interrupted = True
+                    break
+                if clause_mode:
+                    if type(ev) is Utterance and ev.display:
+                        display.append(ev.display)
+                elif type(ev) is TextDelta:
+                    display.append(ev.text)
+                yield ev
+            await self._stop_tasks()
+            text = (" " if clause_mode else "").join(display).strip()
+            if interrupted:
+                yield Interruption(reason=ctx.state.get("_interrupt_reason", "barge-in"),
+                                   session_id=self.id, turn_id=self.turn_id)
+            reason = "interrupted" if interrupted else ("error" if trace.errors and not text else "completed")
+            self._finish_segments(trace, interrupted, talker is not None)
+            spoken = " ".join(s.spoken for s in trace.segments if s.status == "spoken" and s.spoken)
+            remembered = text
+            if interrupted:
+                # Memory keeps what the user actually heard (or saw, for a text agent).
+                remembered = spoken if talker is not None else text
+            turn_msgs = ctx.messages[first_new:]
+            turn_msgs.append(Message("assistant", remembered))
+            agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
+            trace.mark("end")
+            yield TurnEnd(reason=reason, text=text, spoken=spoken, session_id=self.id, turn_id=self.turn_id)
+        finally:
+            await self._stop_tasks()
+            self.last_trace = trace
+            self._ctx = None
+            self._out = None
+
+    async def _stop_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _hear(self, turn: UserTurn, trace: Trace) -> None:
+        """Transcribe audio parts when the Thinker cannot take audio itself."""
+        audio = [p for p in turn.parts if isinstance(p, AudioPart) and p.transcript is None]
+        if not audio or "audio" in self.agent.thinker.accepts:
+            return
+        ears = self.agent.ears
+        if ears is None:
+            raise UnsupportedInputError(
+                f"the {self.agent.thinker.name} Thinker cannot hear audio and the agent has no "
+                "ears: pass Agent(ears=Ears()) (speech recognition) or use a Thinker that takes "
+                "audio (qwen3-omni, vllm-omni)")
+        t0 = monotonic()
+        for p in audio:
+            p.transcript = await ears.transcribe(p)
+        trace.add_time("asr", monotonic() - t0)
+
+    def _check_modalities(self, turn: UserTurn) -> None:
+        accepts = self.agent.thinker.accepts
+        missing = set()
+        for p in turn.parts:
+            if p.kind not in accepts and not (isinstance(p, AudioPart) and p.transcript is not None):
+                missing.add(p.kind)
+        if missing:
+            kinds = ", ".join(sorted(missing))
+            raise UnsupportedInputError(
+                f"the {self.agent.thinker.name} Thinker cannot take {kinds} input (it takes "
+                f"{', '.join(sorted(accepts))}): use a Thinker that does (qwen3-omni, vllm-omni, "
+                "an OpenAI-compatible multimodal server) or leave the attachment out")
+
+    def _prompt(self, history: list[Message], turn: UserTurn, ctx: TurnContext) -> list[Message]:
+        agent = self.agent
+        msgs: list[Message] = []
+        system = agent.system_prompt or ""
+        if ctx.contexts:
+            system = (system + "\n\n" if system else "") + agent.render_contexts(ctx.contexts)
+        if system:
+            msgs.append(Message("system", system))
+        msgs.extend(history)
+        parts: list[Any] = []
+        for p in turn.parts:
+            if isinstance(p, AudioPart) and p.transcript is not None and "audio" not in agent.thinker.accepts:
+                parts.append(TextPart(p.transcript))
+            else:
+                parts.append(p)
+        content: Any = parts[0].text if len(parts) == 1 and isinstance(parts[0], TextPart) else parts
+        msgs.append(Message("user", content))
+        return msgs
+
+    async def _refuse(self, ctx: TurnContext, blocker: Middleware | None) -> AsyncIterator[Event]:
+        """The input rails blocked the user's turn: say the fallback line, run no Thinker."""
+        line = (blocker.fallback if blocker else None) or self.agent.fallback or ""
+        if line:
+            utt = Utterance(text=line, display=line, fallback=True, session_id=self.id, turn_id=self.turn_id)
+            ctx.trace.segments.append(Segment(0, None, line, line, "shown", fallback=True))
+            yield utt
+            if self.agent.talker is not None:
+                async for chunk in self.agent.talker.speak(utt):
+                    yield chunk
+                ctx.trace.segments[-1].status = "spoken"
+        yield TurnEnd(reason="blocked", text=line, spoken=line if self.agent.talker else "",
+                      session_id=self.id, turn_id=self.turn_id)
+
+    # ------------------------------------------------------------------ the two services
+
+    async def _rounds(self, ctx: TurnContext) -> AsyncIterator[Event]:
+        """The Thinker's stream over all rounds of the turn (tool rounds included)."""
+        agent, trace = self.agent, ctx.trace
+        sid, tid = self.id, self.turn_id
+        for rnd in range(agent.max_rounds):
+            ctx.round = rnd
+            request = agent.build_request(ctx)
+            if rnd == 0:
+                trace.mark("thinker_start")
+            first = True
+            async for ev in agent.thinker.stream(request):
+                if first:
+                    first = False
+                    if rnd == 0:
+                        trace.mark("thinker_first_token")
+                ev.session_id = sid
+                ev.turn_id = tid
+                yield ev
+            yield RoundEnd(round=rnd, session_id=sid, turn_id=tid)
+            follow = ctx.take_followup()
+            if not follow:
+                return
+            ctx.messages.extend(follow)
+        trace.error("agent", f"stopped after {agent.max_rounds} Thinker rounds")
+        yield ErrorEvent(message=f"the turn needed more than {agent.max_rounds} Thinker rounds "
+                         "(tool calls kept coming); raise Agent(max_rounds=...) if that is expected",
+                         stage="agent", session_id=sid, turn_id=tid)
+
+    async def _segmented(self, stream: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:
+        """Cut display text into utterances; pass every other event on."""
+        seg = self.agent.make_segmenter()
+        trace = ctx.trace
+        sid, tid, lang = self.id, self.turn_id, ctx.lang
+        n = 0
+        async for ev in stream:
+            t = type(ev)
+            if t is TextDelta:
+                yield ev
+                for clause in seg.feed(ev.text):
+                    if n == 0:
+                        trace.mark("first_utterance")
+                    yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
+                                    session_id=sid, turn_id=tid)
+                    n += 1
+            elif t is RoundEnd:
+                for clause in seg.flush():
+                    if n == 0:
+                        trace.mark("first_utterance")
+                    yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
+                                    session_id=sid, turn_id=tid)
+                    n += 1
+            elif t is Utterance:  # said by a middleware (a filler line, say)
+                ev.index = n
+                n += 1
+                if ev.original is None:
+                    ev.original = ev.text
+                yield ev
+            else:
+                if t is ReasoningDelta:
+                    trace.reasoning += ev.text
+                yield ev
+        for clause in seg.flush():
+            yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
+                            session_id=sid, turn_id=tid)
+            n += 1
+
+    async def _approved(self, stream: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:
+        """Run each utterance through the utterance hooks; blocked ones become the fallback."""
+        bus, trace, agent = self.agent.bus, ctx.trace, self.agent
+        async for ev in stream:
+            if type(ev) is not Utterance:
+                yield ev
+                continue
+            original = ev.original if ev.original is not None else ev.text
+            out, blocker = await bus.process_utterance(ev, ctx)
+            if ctx._emitted:
+                for e in ctx._emitted:
+                    yield e
+                ctx._emitted.clear()
+            keep = original if trace.keep_originals else None
+            if out is not None:
+                if not trace.keep_originals:
+                    out.original = None
+                trace.segments.append(Segment(ev.index, keep, out.display if out.display is not None else out.text,
+                                              out.text, "pending", fallback=out.fallback))
+                yield out
+                continue
+            if blocker is None:  # dropped on purpose (nothing to say for this clause)
+                trace.segments.append(Segment(ev.index, keep, "", "", "dropped"))
+                continue
+            line = ctx.state.get("_fallback", {}).get(id(ev)) or blocker.fallback or agent.fallback
+            trace.segments.append(Segment(ev.index, keep, line or "", line or "", "blocked", fallback=bool(line)))
+            if line:
+                yield Utterance(text=line, display=line, index=ev.index, lang=ev.lang, fallback=True,
+                                session_id=self.id, turn_id=self.turn_id)
+
+    async def _pump(self, ctx: TurnContext, out: asyncio.Queue[Any], utt_q: asyncio.Queue[Any] | None) -> None:
+        """The Thinker side: rounds -> bus -> segmenter -> approval, into the output queue."""
+        bus = self.agent.bus
+        chain = self._approved(self._segmented(bus.process_stream(self._rounds(ctx), ctx), ctx), ctx)
+        try:
+            async for ev in chain:
+                if type(ev) is Utterance and utt_q is not None:
+                    await utt_q.put(ev)
+                if type(ev) is ToolCall or type(ev) is ToolResult:
+                    pass  # the tool middleware records calls and results in the trace
+                await out.put(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed Thinker ends the turn, not the session
+            stage = "thinker"
+            msg = str(e) or type(e).__name__
+            ctx.trace.error(stage, msg)
+            await out.put(ErrorEvent(message=msg, stage=stage, recoverable=True,
+                                     session_id=self.id, turn_id=self.turn_id))
+        finally:
+            await chain.aclose()
+        if utt_q is not None:
+            await utt_q.put(None)
+        await out.put(_DONE)
+
+    async def _talk(self, ctx: TurnContext, out: asyncio.Queue[Any], utt_q: asyncio.Queue[Any],
+                    talker: Talker) -> None:
+        """The Talker side: speak approved utterances one by one as they come."""
+        bus, trace = self.agent.bus, ctx.trace
+        by_index: dict[int, Segment] = {}
+        while True:
+            utt = await utt_q.get()
+            if utt is None:
+                break
+            for s in trace.segments:
+                by_index.setdefault(s.index, s)
+            seg = by_index.get(utt.index)
+            if seg is not None:
+                seg.status = "speaking"
+            try:
+                async for chunk in talker.speak(utt):
+                    trace.mark("talker_first_audio")
+                    chunk.session_id, chunk.turn_id = self.id, self.turn_id
+                    chunk = await bus.process_audio(chunk, ctx)
+                    if chunk is not None:
+                        await out.put(chunk)
+                if seg is not None:
+                    seg.status = "spoken"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the text side goes on without this clause
+                msg = f"{type(e).__name__}: {e}"
+                trace.error("talker", msg)
+                if seg is not None:
+                    seg.status = "failed"
+                await out.put(ErrorEvent(message=f"the Talker failed on clause {utt.index} ({msg})",
+                                         stage="talker", session_id=self.id, turn_id=self.turn_id))
+        await out.put(_DONE)
+
+    @staticmethod
+    def _finish_segments(trace: Trace, interrupted: bool, has_talker: bool) -> None:
+        for s in trace.segments:
+            if s.status in ("pending", "speaking"):
+                if not has_talker and not interrupted:
+                    s.status = "shown"
+                elif interrupted:
+                    s.status = "interrupted"
