@@ -1,0 +1,119 @@
+"""Shared pieces of the CLI commands: building the agent, printing a turn, errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ..errors import OmniAgentError
+from ..events import (
+    AudioPart,
+    ErrorEvent,
+    ImagePart,
+    TextDelta,
+    TextPart,
+    ToolCall,
+    ToolResult,
+    TurnEnd,
+    UserTurn,
+    Utterance,
+    VideoPart,
+    event_to_dict,
+)
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer in one or two short sentences."
+
+
+def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                        help="Agent config (TOML). Default: the embedded default agent.")(fn)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors (and missing files) into a clear message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except (OmniAgentError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
+    return wrapper
+
+
+def default_config() -> dict[str, Any]:
+    """The embedded default agent: SmolLM2-135M-Instruct through transformers, on CPU."""
+    return {
+        "agent": {"system_prompt": DEFAULT_SYSTEM_PROMPT},
+        "thinker": {"backend": "transformers"},
+        "generation": {"max_tokens": 96},
+    }
+
+
+def build_agent_from(config_path: str | None, **overrides: Any) -> Any:
+    from ..config import build_agent, load_config
+
+    cfg = load_config(config_path if config_path else default_config())
+    return build_agent(cfg, **overrides)
+
+
+def make_turn(text: str | None, image: str | None = None, audio: str | None = None,
+              video: str | None = None) -> UserTurn:
+    parts: list[Any] = []
+    if text:
+        parts.append(TextPart(text))
+    for path, cls in ((image, ImagePart), (audio, AudioPart), (video, VideoPart)):
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{cls.__name__.replace('Part', '').lower()} file not found: {path}")
+            parts.append(cls.from_file(path))
+    if not parts:
+        raise click.UsageError("give a prompt (-p) or an attachment (--image/--audio/--video)")
+    return UserTurn(parts=parts)
+
+
+async def print_turn(session: Any, turn: UserTurn, *, as_json: bool, show_trace: bool = True,
+                     stream: Any = None) -> Any:
+    """Run a turn, printing display text as it comes (or every event as JSON lines)."""
+    out = stream or sys.stdout
+    clause_mode = session.agent.display == "clause"
+    end = None
+    first_clause = True
+    async for ev in session.run(turn):
+        if as_json:
+            out.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
+            out.flush()
+        elif type(ev) is TextDelta and not clause_mode:
+            out.write(ev.text)
+            out.flush()
+        elif type(ev) is Utterance and clause_mode and ev.display:
+            out.write(("" if first_clause else " ") + ev.display)
+            first_clause = False
+            out.flush()
+        elif isinstance(ev, ToolCall):
+            click.echo(click.style(f"[tool call] {ev.name}({ev.arguments})", dim=True), err=True)
+        elif isinstance(ev, ToolResult):
+            click.echo(click.style(f"[tool result] {ev.name}: {ev.content}", dim=True), err=True)
+        elif isinstance(ev, ErrorEvent):
+            click.echo(click.style(f"[error] {ev.stage}: {ev.message}", fg="red"), err=True)
+        if isinstance(ev, TurnEnd):
+            end = ev
+    trace = session.last_trace
+    if as_json:
+        out.write(json.dumps({"type": "trace", **trace.to_dict()}, ensure_ascii=False) + "\n")
+    else:
+        out.write("\n")
+        if show_trace:
+            summary = trace.summary()
+            if summary:
+                click.echo(click.style(summary, dim=True), err=True)
+    out.flush()
+    return end
