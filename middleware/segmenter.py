@@ -1,6 +1,29 @@
-"""The segmenter: turns the Thinker's delta stream into utterances (clauses/sentences).
+"""The segmenter: turns the Thinker's delta stream into utterances (clauses and sentences).
 
-A first simple version: splits after sentence punctuation followed by whitespace.
+::
+
+    seg = Segmenter()
+    seg.feed("Sure, Dr. Smith arrives at 3.5")   # -> []  (nothing complete yet)
+    seg.feed(" p.m. today. Then")                # -> ['Sure, Dr. Smith arrives at 3.5 p.m. today.']
+    seg.flush()                                  # -> ['Then']
+
+Rules, in the order they matter for speech:
+
+* A sentence ends at ``. ! ? …`` (plus closing quotes/brackets) **followed by
+  whitespace**, so "3.5", "example.com/a.html", "10:30" and "?x=1" never split: a
+  boundary waits for the next character before it is decided.
+* A period after an abbreviation or title ("Dr.", "Mr.", "e.g.", "i.e.", "vs."), an
+  initial ("J. K. Rowling"), a dotted acronym ("U.S.", "Ph.D.") or a list marker at the
+  start of a line ("1. ", "a. ") is not a sentence end. "etc.", "a.m.", "p.m.", "Inc."
+  end a sentence only when the next word starts with a capital letter.
+* A newline ends a clause (paragraphs and list items are spoken one by one).
+* CJK sentence ends ``。！？`` need no space; ``，、；：`` are CJK clause marks.
+* The **first** utterance of a turn may be a short first clause (cut at ``, ; : —`` once
+  it has ``first_min_chars``), so the Talker starts early. Later clauses are whole
+  sentences, unless a sentence grows past ``max_chars``: then it is cut at its last
+  clause mark, or at the last space.
+
+Lengths count CJK characters three times (one CJK character carries about a word).
 """
 
 from __future__ import annotations
@@ -9,36 +32,220 @@ import re
 
 __all__ = ["Segmenter"]
 
-_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+# Characters at which a boundary may be (decided by _decide).
+_CANDIDATE = re.compile(r"[.!?…,;:\n—–。！？，、；：]")
+_SENT_PUNCT = ".!?…"
+_CJK_SENT = "。！？"
+_CJK_CLAUSE = "，、；："
+_CLAUSE = ",;:"
+# What may follow a sentence end and still belongs to it.
+_CLOSERS = "\"')]}”’»」』）】〉》*_`"
+_OPENERS = "\"'([{“‘«「『（【〈《*_`"
+_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\u3000-\u303f]")
+
+# Never a sentence end after these (case-sensitive, as written before the period).
+_TITLES = frozenset("""
+Mr Mrs Ms Mx Dr Prof Sr Jr St Mt Ft Gen Col Capt Lt Sgt Rev Hon Pres Gov Sen Rep Fr
+Messrs Mme Mlle vs Vs cf Fig fig Figs Eq eq No Nos Vol vol pp Ch ch Sec sec Art approx
+Approx Dept dept est Est ca Ave Blvd Rd Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec
+""".split())
+# A sentence end only when a capitalized word follows.
+_MAYBE_END = frozenset("etc Inc Ltd Co Corp Bros al".split())
+_DOTTED = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # U.S / e.g / a.m / Ph.D (last dot stripped)
+_LOWER_DOTTED_NEVER = frozenset({"e.g", "i.e", "E.g", "I.e", "viz", "c.f"})
+
+
+def _weight(s: str) -> int:
+    """Length for the min/max rules: CJK characters count three."""
+    return len(s) + 2 * len(_CJK.findall(s))
 
 
 class Segmenter:
-    """Accumulates text and returns complete clauses.
+    """Accumulates streamed text and returns complete utterances.
 
-    ``feed(text)`` returns the clauses completed by this text; ``flush()`` returns what
-    is left (at the end of a round or turn).
+    ``feed(text)`` returns the utterances this text completed; ``flush()`` returns the
+    rest (at the end of a Thinker round or turn); ``reset()`` forgets everything.
+
+    ``first_clause``: let the first utterance end at a clause mark (faster first audio).
+    ``first_min_chars``: the shortest first clause cut that way. ``max_chars``: a
+    sentence longer than this is cut at a clause mark or space. ``min_chars``: shorter
+    pieces are joined to the next one (except at the end).
     """
 
-    def __init__(self, first_clause: bool = True, min_chars: int = 1):
+    __slots__ = ("first_clause", "first_min_chars", "max_chars", "min_chars", "_buf", "_scan",
+                 "_count", "_line_start", "_last_clause")
+
+    def __init__(self, first_clause: bool = True, min_chars: int = 1, *, first_min_chars: int = 10,
+                 max_chars: int = 250):
         self.first_clause = first_clause
-        self.min_chars = min_chars
+        self.first_min_chars = first_min_chars
+        self.max_chars = max_chars
+        self.min_chars = max(1, min_chars)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget buffered text; the next utterance counts as the first again."""
         self._buf = ""
+        self._scan = 0  # candidates before this index were already decided "no boundary"
+        self._count = 0  # utterances given out so far
+        self._line_start = True  # the buffer starts at the start of a line
+        self._last_clause = 0  # end of the last clause mark seen in the buffer (0: none)
+
+    # ------------------------------------------------------------------ streaming
 
     def feed(self, text: str) -> list[str]:
+        """Add streamed text; return the utterances it completed (often none)."""
+        if not text:
+            return []
         self._buf += text
-        out = []
+        out: list[str] = []
+        buf = self._buf
+        i = self._scan
+        search = _CANDIDATE.search
         while True:
-            m = _END.search(self._buf)
-            if not m:
+            m = search(buf, i)
+            if m is None:
+                i = len(buf)
                 break
-            clause, self._buf = self._buf[: m.start()].strip(), self._buf[m.end():]
-            if clause:
-                out.append(clause)
+            p = m.start()
+            kind, end = self._decide(buf, p)
+            if kind == "more":
+                i = p  # decide again when more text has come
+                break
+            if kind == "no":
+                i = p + 1
+                continue
+            if kind == "clause":
+                self._last_clause = end
+                if not (self.first_clause and self._count == 0 and not out
+                        and _weight(buf[:end].strip()) >= self.first_min_chars):
+                    i = end
+                    continue
+            piece = buf[:end].strip()
+            if _weight(piece) < self.min_chars and kind != "sentence":
+                i = end
+                continue
+            if piece:
+                out.append(piece)
+            self._line_start = kind == "line"
+            buf = buf[end:]
+            self._last_clause = 0
+            i = 0
+        # A sentence that grows too long without an end is cut anyway.
+        while _weight(buf) > self.max_chars:
+            cut = self._last_clause or self._space_cut(buf)
+            piece = buf[:cut].strip()
+            if piece:
+                out.append(piece)
+            buf = buf[cut:]
+            self._line_start = False
+            self._last_clause = 0
+            i = 0
+        self._buf = buf
+        self._scan = min(i, len(buf))
+        self._count += len(out)
         return out
 
     def flush(self) -> list[str]:
-        rest, self._buf = self._buf.strip(), ""
-        return [rest] if rest else []
-
-    def reset(self) -> None:
+        """Return whatever is left as a last utterance (end of a round or turn)."""
+        rest = self._buf.strip()
         self._buf = ""
+        self._scan = 0
+        self._line_start = True
+        self._last_clause = 0
+        if not rest:
+            return []
+        self._count += 1
+        return [rest]
+
+    # ------------------------------------------------------------------ rules
+
+    def _space_cut(self, buf: str) -> int:
+        limit = len(buf)
+        # The longest prefix within max_chars, ending at a space when there is one.
+        while limit > 1 and _weight(buf[:limit]) > self.max_chars:
+            limit -= max(1, (_weight(buf[:limit]) - self.max_chars) // 3)
+        space = buf.rfind(" ", 0, limit)
+        return space + 1 if space > 0 else max(1, limit)
+
+    def _decide(self, buf: str, p: int) -> tuple[str, int]:
+        """Is there a boundary at ``buf[p]``? -> (kind, end) where kind is "sentence",
+        "clause", "line", "no" or "more" (cannot tell until more text arrives)."""
+        ch = buf[p]
+        n = len(buf)
+        if ch == "\n":
+            return ("line", p + 1) if buf[:p].strip() else ("no", p + 1)
+        if ch in _CJK_CLAUSE:
+            return "clause", p + 1
+        if ch in _CJK_SENT:
+            j = p + 1
+            while j < n and (buf[j] in _CJK_SENT or buf[j] in _SENT_PUNCT or buf[j] in _CLOSERS):
+                j += 1
+            if j == n:
+                return "more", p  # a closing quote may still follow
+            return "sentence", j
+        if ch in _CLAUSE or ch in "—–":
+            if p + 1 >= n:
+                return "more", p
+            nxt = buf[p + 1]
+            if ch == "—":
+                return "clause", p + 1  # an em dash is a pause with or without spaces
+            if ch == "–" and not (p > 0 and buf[p - 1] == " "):
+                return "no", p + 1  # an en dash in a range: 1–3
+            if nxt.isspace():
+                return "clause", p + 1
+            return "no", p + 1  # 1,000 / 10:30 / https://
+        # . ! ? …
+        j = p
+        while j < n and buf[j] in _SENT_PUNCT:
+            j += 1
+        while j < n and buf[j] in _CLOSERS:
+            j += 1
+        if j == n:
+            return "more", p
+        if not buf[j].isspace():
+            if buf[j] in _CJK_SENT or _CJK.match(buf[j]):
+                return "sentence", j  # "OK.然后" — CJK needs no space
+            return "no", j  # 3.5, example.com, U.S (inner dot), ?x=1
+        if ch != "." or j - p > 1 and buf[p + 1] != ".":
+            return "sentence", j  # ! ? … or ?! ... — not an abbreviation question
+        if buf[p:j].startswith(".."):
+            return "sentence", j  # an ellipsis
+        return self._after_period(buf, p, j)
+
+    def _after_period(self, buf: str, p: int, j: int) -> tuple[str, int]:
+        """A single period followed by whitespace: abbreviation, marker or sentence end?"""
+        start = p
+        while start > 0 and not buf[start - 1].isspace():
+            start -= 1
+        token = buf[start:p].lstrip(_OPENERS)
+        if not token:
+            return "sentence", j
+        if token in _TITLES or token in _LOWER_DOTTED_NEVER:
+            return "no", j
+        if len(token) == 1 and token.isalpha():
+            return "no", j  # an initial (J. K. Rowling) or a lettered list marker (a. )
+        if token.isdigit() and len(token) <= 3 and self._marker_position(buf, start):
+            return "no", j  # "1. " at the start of a line is a list marker
+        dotted = _DOTTED.match(token) is not None
+        if dotted and token[0].isupper() and not token.islower():
+            return "no", j  # U.S. / U.K. / Ph.D.: keep with what follows
+        if dotted or token in _MAYBE_END:
+            # a.m. / p.m. / etc. / Inc. end a sentence only before a capitalized word.
+            k = j
+            while k < len(buf) and buf[k].isspace():
+                k += 1
+            if k == len(buf):
+                return "more", p
+            return ("sentence", j) if buf[k].isupper() else ("no", j)
+        return "sentence", j
+
+    def _marker_position(self, buf: str, start: int) -> bool:
+        """Whether a number at ``start`` sits where list markers sit: line start, or after
+        a colon."""
+        k = start - 1
+        while k >= 0 and buf[k] in " \t":
+            k -= 1
+        if k < 0:
+            return self._line_start
+        return buf[k] in "\n:"
