@@ -67,6 +67,17 @@ class InMemoryHistory:
         msgs.extend(messages)
         del msgs[: max(0, len(msgs) - self.max_messages)]
 
+    def revise_last_reply(self, session_id: str, text: str) -> bool:
+        """Replace the text of the session's last assistant reply (barge-in: keep only
+        what the user heard). Returns False when there is no reply to revise."""
+        msgs = self._by_session.get(session_id) or []
+        for i in range(len(msgs) - 1, -1, -1):
+            m = msgs[i]
+            if m.role == "assistant" and not m.tool_calls:
+                msgs[i] = Message("assistant", text)
+                return True
+        return False
+
 
 @dataclass
 class TurnResult:
@@ -184,6 +195,13 @@ class Agent:
         """One turn, synchronously, on the ``default`` session (for scripts)."""
         return self.session(session_id).ask(text)
 
+    def close_session(self, session_id: str) -> None:
+        """Forget the Session object (its running turn is interrupted); its history stays
+        in ``agent.history``, so ``session(session_id)`` later resumes the conversation."""
+        s = self._sessions.pop(session_id, None)
+        if s is not None:
+            s.interrupt("session closed")
+
     def _run_sync(self, coro: Any) -> Any:
         try:
             asyncio.get_running_loop()
@@ -288,6 +306,15 @@ class Session:
 
     # ------------------------------------------------------------------ barge-in
 
+    def revise_last_reply(self, heard: str) -> bool:
+        """After a barge-in, cut the last reply in memory to what the user actually heard
+        (e.g. from the client's playback position). Returns False when the history
+        backend cannot revise (it has no ``revise_last_reply``) or a turn is running."""
+        revise = getattr(self.agent.history, "revise_last_reply", None)
+        if revise is None or self.busy:
+            return False
+        return bool(revise(self.id, heard))
+
     def interrupt(self, reason: str = "barge-in") -> bool:
         """Cancel the running turn: Thinker, tools and Talker stop now. Returns False when
         no turn was running. The turn's stream then ends with Interruption and TurnEnd."""
@@ -374,7 +401,7 @@ class Session:
                                    session_id=self.id, turn_id=self.turn_id)
             reason = "interrupted" if interrupted else ("error" if trace.errors and not text else "completed")
             self._finish_segments(trace, interrupted, talker is not None)
-            spoken = " ".join(s.spoken for s in trace.segments if s.status == "spoken" and s.spoken)
+            spoken = trace.spoken_text if talker is not None else ""
             remembered = text
             if interrupted:
                 # Memory keeps what the user actually heard (or saw, for a text agent).
@@ -451,12 +478,13 @@ class Session:
         line = (blocker.fallback if blocker else None) or self.agent.fallback or ""
         if line:
             utt = Utterance(text=line, display=line, fallback=True, session_id=self.id, turn_id=self.turn_id)
-            ctx.trace.segments.append(Segment(0, None, line, line, "shown", fallback=True))
+            ctx.trace.segments.append(Segment(0, None, line, line, "blocked", fallback=True,
+                                              delivered=self.agent.talker is None))
             yield utt
             if self.agent.talker is not None:
                 async for chunk in self.agent.talker.speak(utt):
                     yield chunk
-                ctx.trace.segments[-1].status = "spoken"
+                ctx.trace.segments[-1].delivered = True
         yield TurnEnd(reason="blocked", text=line, spoken=line if self.agent.talker else "",
                       session_id=self.id, turn_id=self.turn_id)
 
@@ -595,7 +623,7 @@ class Session:
             for s in trace.segments:
                 by_index.setdefault(s.index, s)
             seg = by_index.get(utt.index)
-            if seg is not None:
+            if seg is not None and seg.status == "pending":
                 seg.status = "speaking"
             try:
                 async for chunk in talker.speak(utt):
@@ -605,7 +633,9 @@ class Session:
                     if chunk is not None:
                         await out.put(chunk)
                 if seg is not None:
-                    seg.status = "spoken"
+                    seg.delivered = True
+                    if seg.status == "speaking":
+                        seg.status = "spoken"
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the text side goes on without this clause
@@ -620,8 +650,9 @@ class Session:
     @staticmethod
     def _finish_segments(trace: Trace, interrupted: bool, has_talker: bool) -> None:
         for s in trace.segments:
-            if s.status in ("pending", "speaking"):
-                if not has_talker and not interrupted:
+            if not has_talker and not interrupted and s.status in ("pending", "blocked"):
+                s.delivered = True
+                if s.status == "pending":
                     s.status = "shown"
-                elif interrupted:
-                    s.status = "interrupted"
+            elif interrupted and s.status in ("pending", "speaking"):
+                s.status = "interrupted"

@@ -31,7 +31,9 @@ class Intervention:
 @dataclass(slots=True)
 class Segment:
     """The aligned record of one clause: what the Thinker wrote, what is shown, what is
-    spoken. ``status``: pending, speaking, spoken, blocked, dropped, interrupted."""
+    spoken. ``status``: pending, speaking, spoken, shown (text agent), blocked, dropped,
+    interrupted, failed. ``delivered`` is True once its ``spoken`` text (the fallback line
+    for a blocked clause) was fully spoken, or shown by a text agent."""
 
     index: int
     original: str | None
@@ -39,6 +41,7 @@ class Segment:
     spoken: str
     status: str = "pending"
     fallback: bool = False
+    delivered: bool = False
 
 
 @dataclass
@@ -97,7 +100,7 @@ class Trace:
     @property
     def spoken_text(self) -> str:
         """What was actually spoken (clauses whose audio was produced), joined."""
-        return " ".join(s.spoken for s in self.segments if s.status == "spoken" and s.spoken)
+        return " ".join(s.spoken for s in self.segments if s.delivered and s.spoken)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
