@@ -67,6 +67,10 @@ class InMemoryHistory:
         msgs.extend(messages)
         del msgs[: max(0, len(msgs) - self.max_messages)]
 
+    def forget(self, session_id: str) -> None:
+        """Delete the session's history."""
+        self._by_session.pop(session_id, None)
+
     def revise_last_reply(self, session_id: str, text: str) -> bool:
         """Replace the text of the session's last assistant reply (barge-in: keep only
         what the user heard). Returns False when there is no reply to revise."""
@@ -195,12 +199,17 @@ class Agent:
         """One turn, synchronously, on the ``default`` session (for scripts)."""
         return self.session(session_id).ask(text)
 
-    def close_session(self, session_id: str) -> None:
-        """Forget the Session object (its running turn is interrupted); its history stays
-        in ``agent.history``, so ``session(session_id)`` later resumes the conversation."""
+    def close_session(self, session_id: str, *, forget: bool = False) -> None:
+        """Drop the Session object (its running turn is interrupted). Its history stays in
+        ``agent.history`` so ``session(session_id)`` resumes the conversation, unless
+        ``forget`` is True and the history backend has ``forget(session_id)``."""
         s = self._sessions.pop(session_id, None)
         if s is not None:
             s.interrupt("session closed")
+        if forget:
+            drop = getattr(self.history, "forget", None)
+            if drop is not None:
+                drop(session_id)
 
     def _run_sync(self, coro: Any) -> Any:
         try:
@@ -214,6 +223,18 @@ class Agent:
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)
+
+    async def warm_up(self) -> dict[str, float]:
+        """Load the models now (in a worker thread) instead of on the first turn, so the
+        first turn's timings measure the turn. Returns seconds per part loaded."""
+        loaded: dict[str, float] = {}
+        for role, part in (("thinker", self.thinker), ("talker", self.talker), ("ears", self.ears)):
+            load = getattr(part, "load", None)
+            if callable(load):
+                t0 = monotonic()
+                await asyncio.to_thread(load)
+                loaded[role] = monotonic() - t0
+        return loaded
 
     async def aclose(self) -> None:
         for part in (self.thinker, self.talker):

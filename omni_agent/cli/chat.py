@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from .common import build_agent_from, config_option, friendly_errors, make_turn, print_turn
+from .common import build_agent_from, config_option, friendly_errors, make_turn, print_turn, warm_up
 
 
 @click.command()
@@ -34,6 +34,7 @@ def chat(prompt, as_json, image, audio, video, session_id, no_trace, config_path
 
     async def repl():
         first = True
+        await warm_up(agent, quiet=as_json or no_trace)
         if prompt or image or audio or video:
             await one(prompt, True)
             return

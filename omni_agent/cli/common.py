@@ -80,6 +80,14 @@ def make_turn(text: str | None, image: str | None = None, audio: str | None = No
     return UserTurn(parts=parts)
 
 
+async def warm_up(agent: Any, quiet: bool = False) -> None:
+    """Load the models before the first turn and say how long it took (on stderr)."""
+    loaded = await agent.warm_up()
+    if loaded and not quiet:
+        parts = ", ".join(f"{role} {secs:.1f} s" for role, secs in loaded.items())
+        click.echo(click.style(f"(loaded: {parts})", dim=True), err=True)
+
+
 async def print_turn(session: Any, turn: UserTurn, *, as_json: bool, show_trace: bool = True,
                      stream: Any = None) -> Any:
     """Run a turn, printing display text as it comes (or every event as JSON lines)."""

@@ -7,7 +7,7 @@ import asyncio
 
 import click
 
-from .common import build_agent_from, config_option, friendly_errors, print_turn
+from .common import build_agent_from, config_option, friendly_errors, print_turn, warm_up
 
 # Each step: (what it shows, the user's words). Later capabilities add their own steps.
 DEMO_TURNS: list[tuple[str, str]] = [
@@ -28,6 +28,7 @@ def demo(as_json, config_path):
     session = agent.session("demo")
 
     async def run():
+        await warm_up(agent)
         for what, text in DEMO_TURNS:
             if not as_json:
                 click.echo(click.style(f"\n== {what}", bold=True))
