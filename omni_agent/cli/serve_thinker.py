@@ -1,0 +1,48 @@
+"""``omni-agent serve thinker``: run the configured Thinker as an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import click
+
+from .common import friendly_errors
+
+
+@click.command("thinker")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Agent config (TOML); its [thinker] and [generation] sections are used. "
+                   "Default: the embedded SmolLM2-135M-Instruct.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--model", "model", default=None,
+              help="Override the thinker's model (a directory, a .gguf file or a hub id).")
+@click.option("--model-name", default=None, help="Model id reported by /v1/models.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@friendly_errors
+def serve_thinker(config_path, host, port, model, model_name, log_level):
+    """Serve a Thinker at /v1/chat/completions (streaming and not), /v1/models, /health."""
+    import uvicorn
+
+    from ..config import build_thinker, load_config
+    from ..server.thinker_server import create_app
+    from ..thinker import GenerationSettings
+
+    cfg = load_config(config_path if config_path else {"thinker": {"backend": "transformers"}})
+    section = cfg.thinker
+    if model:
+        section = section.model_copy(update={"model": model})
+    thinker = build_thinker(section)
+    load = getattr(thinker, "load", None)
+    if callable(load):
+        click.echo(f"loading {getattr(thinker, 'model_name', thinker.name)} ...", err=True)
+        load()  # fail now, with a clear message, not on the first request
+    app = create_app(thinker, model_name=model_name,
+                     defaults=GenerationSettings(**cfg.generation.model_dump()))
+    click.echo(f"serving {app.state.model_name} at http://{host}:{port}/v1 "
+               f"(POST /v1/chat/completions, GET /v1/models, GET /health)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def register_serve(serve_group: click.Group) -> None:
+    """Add ``thinker`` to the ``omni-agent serve`` group."""
+    serve_group.add_command(serve_thinker)
