@@ -11,7 +11,8 @@ Rules, in the order they matter for speech:
 
 * A sentence ends at ``. ! ? …`` (plus closing quotes/brackets) **followed by
   whitespace**, so "3.5", "example.com/a.html", "10:30" and "?x=1" never split: a
-  boundary waits for the next character before it is decided.
+  boundary waits for the next character before it is decided. (A comma right after a
+  plain word is decided at once: it cannot be part of "1,000" or a URL.)
 * A period after an abbreviation or title ("Dr.", "Mr.", "e.g.", "i.e.", "vs."), an
   initial ("J. K. Rowling"), a dotted acronym ("U.S.", "Ph.D.") or a list marker at the
   start of a line ("1. ", "a. ") is not a sentence end. "etc.", "a.m.", "p.m.", "Inc."
@@ -46,8 +47,8 @@ _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\u3000-
 # Never a sentence end after these (case-sensitive, as written before the period).
 _TITLES = frozenset("""
 Mr Mrs Ms Mx Dr Prof Sr Jr St Mt Ft Gen Col Capt Lt Sgt Rev Hon Pres Gov Sen Rep Fr
-Messrs Mme Mlle vs Vs cf Fig fig Figs Eq eq No Nos Vol vol pp Ch ch Sec sec Art approx
-Approx Dept dept est Est ca Ave Blvd Rd Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec
+Messrs Mme Mlle vs Vs cf Fig Figs Eq No Nos Vol pp Ch Sec Art approx Approx Dept Est ca
+Ave Blvd Rd Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec
 """.split())
 # A sentence end only when a capitalized word follows.
 _MAYBE_END = frozenset("etc Inc Ltd Co Corp Bros al".split())
@@ -73,7 +74,7 @@ class Segmenter:
     """
 
     __slots__ = ("first_clause", "first_min_chars", "max_chars", "min_chars", "_buf", "_scan",
-                 "_count", "_line_start", "_last_clause")
+                 "_count", "_last_clause")
 
     def __init__(self, first_clause: bool = True, min_chars: int = 1, *, first_min_chars: int = 10,
                  max_chars: int = 250):
@@ -88,7 +89,6 @@ class Segmenter:
         self._buf = ""
         self._scan = 0  # candidates before this index were already decided "no boundary"
         self._count = 0  # utterances given out so far
-        self._line_start = True  # the buffer starts at the start of a line
         self._last_clause = 0  # end of the last clause mark seen in the buffer (0: none)
 
     # ------------------------------------------------------------------ streaming
@@ -127,7 +127,6 @@ class Segmenter:
                 continue
             if piece:
                 out.append(piece)
-            self._line_start = kind == "line"
             buf = buf[end:]
             self._last_clause = 0
             i = 0
@@ -138,7 +137,6 @@ class Segmenter:
             if piece:
                 out.append(piece)
             buf = buf[cut:]
-            self._line_start = False
             self._last_clause = 0
             i = 0
         self._buf = buf
@@ -151,7 +149,6 @@ class Segmenter:
         rest = self._buf.strip()
         self._buf = ""
         self._scan = 0
-        self._line_start = True
         self._last_clause = 0
         if not rest:
             return []
@@ -181,11 +178,12 @@ class Segmenter:
             j = p + 1
             while j < n and (buf[j] in _CJK_SENT or buf[j] in _SENT_PUNCT or buf[j] in _CLOSERS):
                 j += 1
-            if j == n:
-                return "more", p  # a closing quote may still follow
-            return "sentence", j
+            return "sentence", j  # decided now: CJK text rarely closes a quote after 。
         if ch in _CLAUSE or ch in "—–":
             if p + 1 >= n:
+                if ch in ",;" and p > 0 and buf[p - 1].isalpha() and not self._url_like(buf, p):
+                    # "France," can't be "1,000" or a URL: decide now, not one token later.
+                    return "clause", p + 1
                 return "more", p
             nxt = buf[p + 1]
             if ch == "—":
@@ -196,9 +194,10 @@ class Segmenter:
                 return "clause", p + 1
             return "no", p + 1  # 1,000 / 10:30 / https://
         # . ! ? …
-        j = p
-        while j < n and buf[j] in _SENT_PUNCT:
-            j += 1
+        r = p
+        while r < n and buf[r] in _SENT_PUNCT:
+            r += 1
+        j = r
         while j < n and buf[j] in _CLOSERS:
             j += 1
         if j == n:
@@ -207,10 +206,8 @@ class Segmenter:
             if buf[j] in _CJK_SENT or _CJK.match(buf[j]):
                 return "sentence", j  # "OK.然后" — CJK needs no space
             return "no", j  # 3.5, example.com, U.S (inner dot), ?x=1
-        if ch != "." or j - p > 1 and buf[p + 1] != ".":
-            return "sentence", j  # ! ? … or ?! ... — not an abbreviation question
-        if buf[p:j].startswith(".."):
-            return "sentence", j  # an ellipsis
+        if buf[p:r] != ".":
+            return "sentence", j  # ! ? … ?! or an ellipsis "..."
         return self._after_period(buf, p, j)
 
     def _after_period(self, buf: str, p: int, j: int) -> tuple[str, int]:
@@ -240,12 +237,18 @@ class Segmenter:
             return ("sentence", j) if buf[k].isupper() else ("no", j)
         return "sentence", j
 
+    @staticmethod
+    def _url_like(buf: str, p: int) -> bool:
+        """Whether the word ending at ``p`` looks like a URL, path or e-mail address."""
+        start = buf.rfind(" ", 0, p) + 1
+        word = buf[start:p]
+        return "/" in word or "@" in word or "." in word or word.startswith("www")
+
     def _marker_position(self, buf: str, start: int) -> bool:
-        """Whether a number at ``start`` sits where list markers sit: line start, or after
-        a colon."""
+        """Whether a number at ``start`` sits where list markers sit: at the start of a
+        line or of an utterance ("2. close it" right after "1. open it."), or after a colon.
+        A bare number ending an utterance on its own is rarer than a marker there."""
         k = start - 1
         while k >= 0 and buf[k] in " \t":
             k -= 1
-        if k < 0:
-            return self._line_start
-        return buf[k] in "\n:"
+        return k < 0 or buf[k] in "\n:"
