@@ -187,7 +187,7 @@ def test_hub_id_without_network_fails_with_an_offline_message(monkeypatch, tmp_p
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     thinker = TransformersThinker("someone/not-a-cached-model")
-    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache.*HF_HUB_OFFLINE"):
         thinker.load()
 
 
@@ -236,3 +236,18 @@ def test_tool_call_tags_stay_text_when_no_tools_are_offered():
 def test_malformed_tool_call_is_kept_as_text_not_lost():
     out = route(["<tool_call>not json</tool_call>"], parse_tools=True)
     assert "".join(e.text for e in out if isinstance(e, TextDelta)) == "<tool_call>not json</tool_call>"
+
+
+def test_hub_id_on_a_machine_without_network_fails_fast_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    # An endpoint that cannot resolve stands for "no network" on any machine.
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    thinker = TransformersThinker("someone/not-a-cached-model")
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="hub is not reachable.*cannot connect to hub.invalid"):
+        thinker.load()
+    assert time.monotonic() - t0 < 10

@@ -29,7 +29,9 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
@@ -260,19 +262,29 @@ class TransformersThinker:
 
     def _load_hub(self, auto_model: Any, auto_tok: Any, kw: dict[str, Any]) -> None:
         extra = {"gguf_file": self._gguf} if self._gguf else {}
-        try:
-            self._tokenizer = auto_tok.from_pretrained(self._hub_id, **extra, **kw)
-            self.model = auto_model.from_pretrained(self._hub_id, dtype=self._torch_dtype(),
+        dtype = self._torch_dtype()
+        try:  # a model already in the local Hugging Face cache needs no network
+            self._tokenizer = auto_tok.from_pretrained(self._hub_id, local_files_only=True, **extra, **kw)
+            self.model = auto_model.from_pretrained(self._hub_id, dtype=dtype, local_files_only=True,
                                                     **extra, **kw)
-        except OSError as e:
-            offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "yes")
-            raise ModelNotFoundError(
-                f"cannot load hub model {self._hub_id!r}: it is not in the local Hugging Face "
-                f"cache and the hub is {'disabled (HF_HUB_OFFLINE)' if offline else 'not reachable'}. "
-                "Download it where there is network (huggingface-cli download "
-                f"{self._hub_id}) and give its directory, or use the embedded default. ({e})"
-            ) from e
-        self.loaded_from = "hub"
+            self.loaded_from = "hub"
+            return
+        except OSError:
+            pass
+        why = _hub_unavailable()
+        if why is None:
+            try:
+                self._tokenizer = auto_tok.from_pretrained(self._hub_id, **extra, **kw)
+                self.model = auto_model.from_pretrained(self._hub_id, dtype=dtype, **extra, **kw)
+                self.loaded_from = "hub"
+                return
+            except OSError as e:
+                why = str(e)
+        raise ModelNotFoundError(
+            f"cannot load hub model {self._hub_id!r}: it is not in the local Hugging Face cache "
+            f"and the hub is not reachable ({why}). Download it where there is network "
+            f"(huggingface-cli download {self._hub_id}) and give its directory, or leave the "
+            "model out to use the embedded SmolLM2-135M-Instruct.")
 
     def _load_gguf(self, auto_model: Any, auto_tok: Any, kw: dict[str, Any]) -> None:
         cache = self._cache_path() if self.cache else None
@@ -543,6 +555,23 @@ class TransformersThinker:
 
 class _Stopped(Exception):
     """The consumer went away: the worker stops quietly."""
+
+
+def _hub_unavailable() -> str | None:
+    """Why the Hugging Face hub cannot be used now, or None. Checked up front so that an
+    offline machine fails in milliseconds instead of waiting out download retries."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return "huggingface_hub is not installed"
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=3).close()
+    except OSError as e:
+        return f"cannot connect to {url.hostname}: {e}"
+    return None
 
 
 def _json_or_text(s: Any) -> Any:
