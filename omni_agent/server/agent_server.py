@@ -1,0 +1,773 @@
+"""The agent server: live voice sessions over WebSocket, one-shot turns over HTTP.
+
+Built on Starlette (routing, WebSocket, static files) and uvicorn (the ASGI server);
+metrics use the official ``prometheus-client``. Endpoints::
+
+    GET  /             the browser voice page (omni_agent/server/static/)
+    GET  /health       liveness: {"status": "ok", ...}
+    GET  /metrics      Prometheus text format: turns, latencies, errors, active sessions
+    POST /v1/turn      one text turn   {"text": "...", "session_id"?: "...", "audio"?: true}
+    POST /v1/voice     one voice turn  (body: an audio file; ?session_id=...&audio=1)
+    WS   /v1/live      a live session: PCM audio in, events and audio out (docs/protocol.md)
+
+::
+
+    server = AgentServer(agent, ServerConfig(token="s3cret"))
+    server.run(host="127.0.0.1", port=8765)       # or: uvicorn with server.app
+
+Run it with :meth:`AgentServer.run` (or ``omni-agent serve agent``) for a graceful
+shutdown: on SIGTERM/SIGINT new sessions are refused, running turns get
+``shutdown_grace`` seconds to finish, the rest are cancelled cleanly, and every live
+client is told why its socket closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ..audio import decode_audio, float_to_pcm16, wav_bytes
+from ..errors import AudioInputError, ConfigError, OmniAgentError, UnsupportedInputError
+from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
+from ..live import MAX_AUDIO_SECONDS, LiveConfig, LiveSession, VAD
+
+__all__ = ["AgentServer", "ServerConfig", "STATIC_DIR"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+_SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# WebSocket close codes (RFC 6455 section 7.4.1).
+WS_GOING_AWAY = 1001
+WS_UNSUPPORTED = 1003
+WS_POLICY = 1008
+WS_TOO_BIG = 1009
+WS_TRY_LATER = 1013
+
+
+@dataclass
+class ServerConfig:
+    """Limits and options of the agent server.
+
+    * ``token`` — when set, every request but ``/``, ``/static`` and ``/health`` needs
+      ``Authorization: Bearer <token>`` (a WebSocket may pass ``?token=`` instead, since
+      browsers cannot set headers on one).
+    * ``max_message_bytes`` — largest WebSocket message (an audio frame or a JSON message).
+    * ``max_request_bytes`` — largest HTTP request body (an uploaded audio file).
+    * ``max_audio_seconds`` — longest audio per request or per user turn (at most 2400 s,
+      40 minutes, like Qwen3-Omni's audio input).
+    * ``max_sessions_per_client`` — live sessions one client address may hold at once.
+    * ``max_sessions`` — live sessions in all.
+    * ``shutdown_grace`` — seconds running turns may take to finish on shutdown before
+      they are cancelled.
+    * ``max_protocol_errors`` — malformed messages a live client may send before it is
+      disconnected.
+    * ``live`` — defaults for live sessions (VAD timing, barge-in); a client may change
+      its own with a ``configure`` message.
+    * ``forget_on_close`` — drop a live session's history when its socket closes.
+    """
+
+    token: str | None = None
+    max_message_bytes: int = 1 << 20
+    max_request_bytes: int = 64 << 20
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
+    max_sessions_per_client: int = 8
+    max_sessions: int = 1000
+    shutdown_grace: float = 10.0
+    max_protocol_errors: int = 20
+    live: LiveConfig = field(default_factory=LiveConfig)
+    forget_on_close: bool = True
+
+    def check(self) -> "ServerConfig":
+        """Validate; raises :class:`ConfigError` naming the bad value."""
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("token is empty: give a real token or leave it out (no auth)")
+        if not 0 < self.max_audio_seconds <= MAX_AUDIO_SECONDS:
+            raise ConfigError(f"max_audio_seconds must be in (0, {MAX_AUDIO_SECONDS:.0f}] "
+                              f"(40 minutes at most), not {self.max_audio_seconds!r}")
+        for name in ("max_message_bytes", "max_request_bytes", "max_sessions_per_client",
+                     "max_sessions", "max_protocol_errors"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)!r}")
+        if self.shutdown_grace < 0:
+            raise ConfigError("shutdown_grace must be >= 0 seconds")
+        self.live = replace(self.live, max_turn_seconds=min(self.live.max_turn_seconds,
+                                                            self.max_audio_seconds)).check()
+        return self
+
+
+class _Metrics:
+    """The server's Prometheus metrics, in a registry of its own (one per server)."""
+
+    def __init__(self, server: "AgentServer"):
+        r = self.registry = CollectorRegistry()
+        lat = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.turns = Counter("omni_agent_turns", "Turns run, by transport and how they ended",
+                             ["transport", "reason"], registry=r)
+        self.errors = Counter("omni_agent_errors", "Errors reported in turns, by stage",
+                              ["stage"], registry=r)
+        self.rejected = Counter("omni_agent_rejected", "Requests or messages refused, by reason",
+                                ["reason"], registry=r)
+        self.interruptions = Counter("omni_agent_interruptions", "Barge-ins and other interruptions",
+                                     registry=r)
+        self.first_audio = Histogram("omni_agent_time_to_first_audio_seconds",
+                                     "End of the user's turn to the first reply audio sent",
+                                     ["transport"], buckets=lat, registry=r)
+        self.turn_seconds = Histogram("omni_agent_turn_seconds", "Whole turn duration",
+                                      ["transport"], buckets=lat, registry=r)
+        self.first_token = Histogram("omni_agent_thinker_first_token_seconds",
+                                     "Thinker time to first token", buckets=lat, registry=r)
+        self.asr = Histogram("omni_agent_asr_seconds", "Speech recognition time per turn",
+                             buckets=lat, registry=r)
+        self.cancel = Histogram("omni_agent_barge_in_cancel_seconds",
+                                "Speech detected to Thinker, tools and Talker cancelled",
+                                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r)
+        g = Gauge("omni_agent_active_sessions", "Live WebSocket sessions open", registry=r)
+        g.set_function(lambda: len(server._conns))
+        t = Gauge("omni_agent_active_turns", "Turns running now (live and HTTP)", registry=r)
+        t.set_function(lambda: server._http_turns + sum(c.live.agent_busy for c in server._conns))
+
+    def observe_trace(self, trace: dict[str, Any]) -> None:
+        first = trace.get("timings", {}).get("thinker_first_token")
+        if first is not None:
+            self.first_token.observe(first)
+
+
+class _Conn:
+    """One live WebSocket connection."""
+
+    __slots__ = ("ws", "live", "client", "binary_audio", "errors", "closing", "seq")
+
+    def __init__(self, ws: WebSocket, live: LiveSession, client: str, binary_audio: bool):
+        self.ws = ws
+        self.live = live
+        self.client = client
+        self.binary_audio = binary_audio
+        self.errors = 0
+        self.closing = False
+        self.seq = 0
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class AgentServer:
+    """An agent behind HTTP and WebSocket endpoints (see the module docstring).
+
+    ``agent`` — the :class:`~omni_agent.agent.Agent` every session shares (its Thinker,
+    Talker and ears are loaded once). ``vad`` — the VAD for live sessions (None: the
+    silero VAD from the speech extra, loaded on the first live session).
+    """
+
+    def __init__(self, agent: Any, config: ServerConfig | None = None, *, vad: VAD | None = None):
+        self.agent = agent
+        self.config = (config or ServerConfig()).check()
+        self._vad = vad
+        self._conns: set[_Conn] = set()
+        self._per_client: dict[str, int] = {}
+        self._in_use: set[str] = set()  # session ids with a turn running or a live socket
+        self._http_turns = 0
+        self._http_tasks: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self._drained = False
+        self.metrics = _Metrics(self)
+        self.app = Starlette(
+            routes=[
+                Route("/", self._index),
+                Route("/health", self._health),
+                Route("/metrics", self._metrics),
+                Route("/v1/turn", self._text_turn, methods=["POST"]),
+                Route("/v1/voice", self._voice_turn, methods=["POST"]),
+                WebSocketRoute("/v1/live", self._live),
+                Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    # ------------------------------------------------------------------ running
+
+    def uvicorn_config(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> Any:
+        """A uvicorn Config for this app with the server's limits applied."""
+        import uvicorn
+
+        kw.setdefault("log_level", "warning")
+        kw.setdefault("timeout_graceful_shutdown", self.config.shutdown_grace + 5)
+        return uvicorn.Config(
+            self.app, host=host, port=port, lifespan="on",
+            # Oversized messages are refused by us with a clear error; uvicorn's own limit
+            # (which closes the socket with 1009) only stops absurd ones.
+            ws_max_size=max(4 * self.config.max_message_bytes, 1 << 20),
+            # Compression contexts cost ~300 KiB per socket and gain nothing on PCM.
+            ws_per_message_deflate=False,
+            **kw,
+        )
+
+    def make_uvicorn(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> Any:
+        """A uvicorn Server whose shutdown drains this server first (graceful)."""
+        import uvicorn
+
+        agent_server = self
+
+        class _Server(uvicorn.Server):
+            async def shutdown(self, sockets: Any = None) -> None:  # noqa: D401
+                for s in getattr(self, "servers", []):
+                    s.close()  # accept no new connections while turns finish
+                await agent_server.drain()
+                await super().shutdown(sockets)
+
+        return _Server(self.uvicorn_config(host, port, **kw))
+
+    @contextlib.asynccontextmanager
+    async def running(self, host: str = "127.0.0.1", port: int = 0, **kw: Any) -> Any:
+        """Serve in the background of the current event loop; yields the base URL.
+
+        For tests and embedding (port 0 picks a free port)::
+
+            async with AgentServer(agent).running() as url:
+                httpx.post(f"{url}/v1/turn", json={"text": "hi"})
+        """
+        srv = self.make_uvicorn(host, port, **kw)
+        task = asyncio.ensure_future(srv.serve())
+        while not srv.started:
+            if task.done():
+                task.result()  # raises why it could not start (port in use...)
+                raise OmniAgentError(f"the agent server did not start on {host}:{port}")
+            await asyncio.sleep(0.01)
+        bound = srv.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"http://{host}:{bound}"
+        finally:
+            srv.should_exit = True
+            await task
+
+    def run(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
+        """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+        self.make_uvicorn(host, port, **kw).run()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> Any:
+        yield
+        await self.drain()
+        with contextlib.suppress(Exception):
+            await self.agent.aclose()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking new sessions and turns; give running turns ``grace`` seconds
+        (default ``config.shutdown_grace``) to finish, cancel the rest, and close every
+        live socket with 1001 (going away). Idempotent."""
+        if self._drained:
+            return
+        self.draining = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        for c in list(self._conns):
+            await self._send_json(c, {"type": "shutdown", "grace_s": grace,
+                                      "message": "the server is shutting down"})
+        deadline = monotonic() + grace
+        while monotonic() < deadline and (self._http_turns or any(c.live.agent_busy for c in self._conns)):
+            await asyncio.sleep(0.02)
+        for c in list(self._conns):
+            c.closing = True
+            await c.live.aclose()
+            with contextlib.suppress(Exception):
+                await c.ws.close(WS_GOING_AWAY, "server shutting down")
+        for sid in list(self._in_use):
+            s = self.agent._sessions.get(sid) if hasattr(self.agent, "_sessions") else None
+            if s is not None:
+                s.interrupt("server shutting down")
+        if self._http_tasks:
+            await asyncio.gather(*self._http_tasks, return_exceptions=True)
+        self._drained = True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _authorized(self, headers: Any, query: Any) -> bool:
+        token = self.config.token
+        if token is None:
+            return True
+        given = ""
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        elif "token" in query:
+            given = query["token"]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _error(self, status: int, code: str, message: str) -> JSONResponse:
+        self.metrics.rejected.labels(code).inc()
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+    def _check_auth(self, request: Request) -> None:
+        if not self._authorized(request.headers, request.query_params):
+            raise _Reject(401, "unauthorized", "missing or wrong token: send the header "
+                          "'Authorization: Bearer <token>' with the server's token")
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.config.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Reject(413, "too_large", f"the request body is {int(declared)} bytes; at most "
+                          f"{limit} bytes are accepted")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _Reject(413, "too_large", f"the request body is over {limit} bytes")
+        return bytes(body)
+
+    def _claim(self, session_id: str | None) -> str:
+        """Reserve a session id for one HTTP turn (a fresh one when None)."""
+        if self.draining:
+            raise _Reject(503, "shutting_down", "the server is shutting down: retry on another instance")
+        if session_id is None:
+            session_id = secrets.token_hex(8)
+        elif not isinstance(session_id, str) or not _SESSION_ID.match(session_id):
+            raise _Reject(400, "bad_request", "session_id must be 1-64 letters, digits or _.:-")
+        if session_id in self._in_use:
+            raise _Reject(409, "session_busy", f"session {session_id!r} is busy (a turn is running "
+                          "or it is a live session): wait, or use another session_id")
+        self._in_use.add(session_id)
+        return session_id
+
+    # ------------------------------------------------------------------ HTTP endpoints
+
+    async def _index(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def _health(self, request: Request) -> Response:
+        a = self.agent
+        return JSONResponse({
+            "status": "draining" if self.draining else "ok",
+            "sessions": len(self._conns),
+            "thinker": getattr(a.thinker, "name", type(a.thinker).__name__),
+            "talker": getattr(a.talker, "name", None) if a.talker is not None else None,
+            "ears": a.ears is not None,
+            "auth": self.config.token is not None,
+        }, 503 if self.draining else 200)
+
+    async def _metrics(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+        except _Reject as r:
+            return self._error(r.status, r.code, r.message)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _text_turn(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+            body = await self._body(request)
+            try:
+                data = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise _Reject(400, "bad_json", f"the body is not valid JSON ({e}); send "
+                              '{"text": "..."}') from None
+            if not isinstance(data, dict):
+                raise _Reject(400, "bad_request", 'the body must be a JSON object like {"text": "..."}')
+            unknown = set(data) - {"text", "session_id", "audio", "events"}
+            if unknown:
+                raise _Reject(400, "bad_request", f"unknown field(s) {sorted(unknown)}: allowed "
+                              "are text, session_id, audio, events")
+            text = data.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise _Reject(400, "bad_request", 'give the user\'s words as {"text": "..."} (a non-empty string)')
+            turn = UserTurn(parts=[TextPart(text)])
+            return await self._one_turn(turn, data.get("session_id"), bool(data.get("audio")),
+                                        bool(data.get("events")), "http")
+        except _Reject as r:
+            return self._error(r.status, r.code, r.message)
+
+    async def _voice_turn(self, request: Request) -> Response:
+        try:
+            self._check_auth(request)
+            q = request.query_params
+            unknown = set(q) - {"session_id", "audio", "events", "token"}
+            if unknown:
+                raise _Reject(400, "bad_request", f"unknown parameter(s) {sorted(unknown)}: allowed "
+                              "are session_id, audio, events")
+            body = await self._body(request)
+            if not body:
+                raise _Reject(400, "bad_audio", "the body is empty: send an audio file (WAV, FLAC, "
+                              "OGG, MP3...) as the request body")
+            limit = self.config.max_audio_seconds
+            try:
+                samples, rate = await asyncio.to_thread(decode_audio, body, sample_rate=16000,
+                                                        max_seconds=None, what="uploaded audio")
+            except AudioInputError as e:
+                raise _Reject(400, "bad_audio", str(e)) from None
+            seconds = samples.size / rate
+            if seconds > limit:
+                raise _Reject(413, "audio_too_long", f"the audio is {seconds:.1f} s long; at most "
+                              f"{limit:.0f} s ({limit / 60:.0f} minutes) is accepted per request")
+            part = AudioPart(pcm=float_to_pcm16(samples), sample_rate=rate, mime="audio/L16")
+            flag = lambda k: q.get(k, "").lower() in ("1", "true", "yes")  # noqa: E731
+            return await self._one_turn(UserTurn(parts=[part]), q.get("session_id"), flag("audio"),
+                                        flag("events"), "http")
+        except _Reject as r:
+            return self._error(r.status, r.code, r.message)
+
+    async def _one_turn(self, turn: UserTurn, session_id: Any, want_audio: bool, want_events: bool,
+                        transport: str) -> Response:
+        sid = self._claim(session_id)
+        self._http_turns += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._http_tasks.add(task)
+        t0 = monotonic()
+        first_audio: float | None = None
+        try:
+            session = self.agent.session(sid)
+            events: list[Event] = []
+            audio = bytearray()
+            rate = None
+            end: TurnEnd | None = None
+            async with contextlib.aclosing(session.run(turn)) as stream:
+                async for ev in stream:
+                    if type(ev) is AudioChunk:
+                        if first_audio is None:
+                            first_audio = monotonic()
+                        audio += ev.pcm
+                        rate = ev.sample_rate
+                    elif type(ev) is ErrorEvent:
+                        self.metrics.errors.labels(ev.stage or "unknown").inc()
+                    elif type(ev) is TurnEnd:
+                        end = ev
+                    if want_events:
+                        events.append(ev)
+        except (UnsupportedInputError, AudioInputError) as e:
+            self.metrics.errors.labels("input").inc()
+            return self._error(400, "unsupported_input", str(e))
+        except OmniAgentError as e:
+            self.metrics.errors.labels("agent").inc()
+            return self._error(400, "agent_error", str(e))
+        finally:
+            self._http_turns -= 1
+            if task is not None:
+                self._http_tasks.discard(task)
+            self._in_use.discard(sid)
+            self.agent.close_session(sid)  # the history stays: session_id continues it
+        assert end is not None
+        trace = session.last_trace.to_dict() if session.last_trace is not None else {}
+        m = self.metrics
+        m.turns.labels(transport, end.reason).inc()
+        m.turn_seconds.labels(transport).observe(monotonic() - t0)
+        if first_audio is not None:
+            m.first_audio.labels(transport).observe(first_audio - t0)
+        m.observe_trace(trace)
+        if "asr" in trace.get("timings", {}):
+            m.asr.observe(trace["timings"]["asr"])
+        out: dict[str, Any] = {
+            "session_id": sid,
+            "turn_id": end.turn_id,
+            "transcript": turn.text,
+            "text": end.text,
+            "spoken": end.spoken,
+            "reason": end.reason,
+            "trace": trace,
+        }
+        if want_audio:
+            out["audio"] = None if rate is None else {
+                "format": "wav", "sample_rate": rate,
+                "data": base64.b64encode(wav_bytes(bytes(audio), rate)).decode("ascii")}
+        if want_events:
+            out["events"] = [event_to_dict(e) for e in events]
+        return JSONResponse(out)
+
+    # ------------------------------------------------------------------ WebSocket
+
+    async def _refuse_ws(self, ws: WebSocket, code: int, err: str, message: str) -> None:
+        self.metrics.rejected.labels(err).inc()
+        await ws.accept()
+        with contextlib.suppress(Exception):
+            await ws.send_text(json.dumps({"type": "error", "code": err, "message": message}))
+            await ws.close(code, f"{err}: {message}"[:120])
+
+    def _live_config(self, query: Any) -> tuple[LiveConfig, bool]:
+        cfg = self.config.live
+        changes: dict[str, Any] = {}
+        names = {f.name for f in fields(LiveConfig)} - {"max_turn_seconds"}
+        binary = True
+        for k, v in query.items():
+            if k == "token":
+                continue
+            if k == "audio_out":
+                if v not in ("binary", "base64"):
+                    raise ConfigError("audio_out must be 'binary' or 'base64'")
+                binary = v == "binary"
+                continue
+            if k not in names:
+                raise ConfigError(f"unknown parameter {k!r}: allowed are audio_out, "
+                                  f"{', '.join(sorted(names))}")
+            changes[k] = _parse_value(k, v)
+        return replace(cfg, **changes).check(), binary
+
+    async def _live(self, ws: WebSocket) -> None:
+        client = ws.client.host if ws.client else "unknown"
+        if not self._authorized(ws.headers, ws.query_params):
+            await self._refuse_ws(ws, WS_POLICY, "unauthorized",
+                                  "missing or wrong token: connect with ?token=<token> or the "
+                                  "header 'Authorization: Bearer <token>'")
+            return
+        if self.draining:
+            await self._refuse_ws(ws, WS_TRY_LATER, "shutting_down", "the server is shutting down")
+            return
+        if self._per_client.get(client, 0) >= self.config.max_sessions_per_client:
+            await self._refuse_ws(ws, WS_POLICY, "too_many_sessions",
+                                  f"this client already has {self.config.max_sessions_per_client} live "
+                                  "sessions open: close one first")
+            return
+        if len(self._conns) >= self.config.max_sessions:
+            await self._refuse_ws(ws, WS_TRY_LATER, "server_full", "the server has no room for "
+                                  "another live session: try again later")
+            return
+        try:
+            live_cfg, binary = self._live_config(ws.query_params)
+        except (ConfigError, ValueError) as e:
+            await self._refuse_ws(ws, WS_POLICY, "bad_parameter", str(e))
+            return
+        if self._vad is None:
+            try:
+                from ..live import default_vad
+
+                self._vad = await asyncio.to_thread(default_vad)
+            except OmniAgentError as e:
+                await self._refuse_ws(ws, WS_TRY_LATER, "no_vad", str(e))
+                return
+        sid = secrets.token_hex(8)
+        self._in_use.add(sid)
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        session = self.agent.session(sid)
+        conn = _Conn(ws, LiveSession(session, vad=self._vad, config=live_cfg), client, binary)
+        self._conns.add(conn)
+        sender: asyncio.Task[Any] | None = None
+        try:
+            await ws.accept()
+            talker = self.agent.talker
+            await ws.send_text(json.dumps({
+                "type": "ready", "session_id": sid,
+                "input": {"format": "pcm_s16le", "sample_rate": live_cfg.sample_rate, "channels": 1},
+                "output": None if talker is None else {"format": "pcm_s16le",
+                                                       "sample_rate": talker.sample_rate,
+                                                       "channels": 1,
+                                                       "framing": "binary" if binary else "base64"},
+                "config": {f.name: getattr(live_cfg, f.name) for f in fields(LiveConfig)},
+                "limits": {"max_message_bytes": self.config.max_message_bytes,
+                           "max_audio_seconds": self.config.max_audio_seconds},
+            }))
+            sender = asyncio.ensure_future(self._sender(conn))
+            await self._receiver(conn)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            # The client went away or we are closing: stop its turn, free what it owned.
+            await conn.live.aclose()
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            self._conns.discard(conn)
+            self._in_use.discard(sid)
+            n = self._per_client.get(client, 1) - 1
+            if n > 0:
+                self._per_client[client] = n
+            else:
+                self._per_client.pop(client, None)
+            self.agent.close_session(sid, forget=self.config.forget_on_close)
+            if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
+                with contextlib.suppress(Exception):
+                    await ws.close(1000)
+
+    async def _protocol_error(self, conn: _Conn, code: str, message: str) -> bool:
+        """Tell the client what was wrong; True when it has now sent too many bad messages."""
+        conn.errors += 1
+        self.metrics.rejected.labels(code).inc()
+        await self._send_json(conn, {"type": "error", "code": code, "message": message})
+        if conn.errors >= self.config.max_protocol_errors:
+            await self._send_json(conn, {"type": "error", "code": "too_many_errors",
+                                         "message": "too many malformed messages: closing"})
+            with contextlib.suppress(Exception):
+                await conn.ws.close(WS_POLICY, "too many malformed messages")
+            conn.closing = True
+            return True
+        return False
+
+    async def _receiver(self, conn: _Conn) -> None:
+        ws, live = conn.ws, conn.live
+        limit = self.config.max_message_bytes
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes")
+            if data is not None:
+                if len(data) > limit:
+                    if await self._protocol_error(conn, "message_too_large",
+                                                  f"an audio message of {len(data)} bytes is over the "
+                                                  f"limit of {limit} bytes: send smaller chunks "
+                                                  "(20-100 ms of audio each)"):
+                        return
+                    continue
+                try:
+                    live.feed(data)
+                except AudioInputError as e:
+                    if await self._protocol_error(conn, "bad_audio", str(e)):
+                        return
+                continue
+            text = msg.get("text")
+            if text is None:
+                continue
+            if len(text) > limit:
+                if await self._protocol_error(conn, "message_too_large",
+                                              f"a message of {len(text)} characters is over the limit "
+                                              f"of {limit}"):
+                    return
+                continue
+            try:
+                await self._command(conn, text)
+            except (OmniAgentError, ValueError) as e:
+                if await self._protocol_error(conn, getattr(e, "code", "bad_message"), str(e)):
+                    return
+
+    async def _command(self, conn: _Conn, text: str) -> None:
+        live = conn.live
+        try:
+            m = json.loads(text)
+        except ValueError:
+            raise _BadMessage("bad_json", "the message is not valid JSON: text messages are JSON "
+                              'objects like {"type": "text", "text": "hello"}') from None
+        if not isinstance(m, dict) or not isinstance(m.get("type"), str):
+            raise _BadMessage("bad_message", 'a message is a JSON object with a "type" field')
+        kind = m["type"]
+        if kind == "audio":
+            data = m.get("data")
+            if not isinstance(data, str):
+                raise _BadMessage("bad_audio", '"audio" needs "data": base64 of int16 PCM')
+            try:
+                pcm = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                raise _BadMessage("bad_audio", '"data" is not valid base64') from None
+            live.feed(pcm)
+        elif kind == "text":
+            t = m.get("text")
+            if not isinstance(t, str) or not t.strip():
+                raise _BadMessage("bad_message", '"text" needs a non-empty "text" string')
+            if self.draining:
+                raise _BadMessage("shutting_down", "the server is shutting down: no new turns")
+            live.submit_text(t)
+        elif kind == "playback":
+            turn_id, played = m.get("turn_id"), m.get("played_ms")
+            if not isinstance(turn_id, int) or not isinstance(played, (int, float)):
+                raise _BadMessage("bad_message", '"playback" needs integer "turn_id" and number "played_ms"')
+            live.report_playback(turn_id, float(played), bool(m.get("final", True)))
+        elif kind == "interrupt":
+            live.barge_in("client")
+        elif kind == "end_turn":
+            live.end_turn()
+        elif kind == "configure":
+            allowed = {"barge_in", "min_interrupt_ms", "min_speech_ms", "end_silence_ms", "threshold",
+                       "playback_wait_ms"}
+            opts = {k: v for k, v in m.items() if k != "type"}
+            bad = set(opts) - allowed
+            if bad:
+                raise _BadMessage("bad_message", f"cannot configure {sorted(bad)}: allowed are "
+                                  f"{', '.join(sorted(allowed))}")
+            try:
+                new = replace(live.config, **opts).check()
+            except (ConfigError, TypeError) as e:
+                raise _BadMessage("bad_message", str(e)) from None
+            live.config = new
+            await self._send_json(conn, {"type": "configured", "config": {k: getattr(new, k) for k in allowed}})
+        elif kind == "ping":
+            await self._send_json(conn, {"type": "pong", "t": m.get("t")})
+        else:
+            raise _BadMessage("unknown_type", f"unknown message type {kind!r}: use audio, text, "
+                              "playback, interrupt, end_turn, configure or ping")
+
+    async def _send_json(self, conn: _Conn, obj: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await conn.ws.send_text(json.dumps(obj, ensure_ascii=False))
+
+    async def _sender(self, conn: _Conn) -> None:
+        """Forward the live session's messages to the client, and count them in metrics."""
+        ws, m = conn.ws, self.metrics
+        async for msg in conn.live.messages():
+            if isinstance(msg, dict):
+                kind = msg.get("type")
+                if kind == "latency":
+                    if msg.get("first_audio_ms") is not None:
+                        m.first_audio.labels("ws").observe(msg["first_audio_ms"] / 1000)
+                    m.turn_seconds.labels("ws").observe(msg["turn_ms"] / 1000)
+                    if msg.get("asr_ms"):
+                        m.asr.observe(msg["asr_ms"] / 1000)
+                elif kind == "trace":
+                    m.observe_trace(msg["trace"])
+                elif kind == "interruption":
+                    m.interruptions.inc()
+                    if msg.get("cancel_ms") is not None:
+                        m.cancel.observe(msg["cancel_ms"] / 1000)
+                elif kind == "error":
+                    m.errors.labels(msg.get("code", "live")).inc()
+                await ws.send_text(json.dumps(msg, ensure_ascii=False))
+                continue
+            if type(msg) is AudioChunk:
+                conn.seq += 1
+                head = {"type": "audio_chunk", "turn_id": msg.turn_id, "utterance_index": msg.utterance_index,
+                        "sample_rate": msg.sample_rate, "bytes": len(msg.pcm), "final": msg.final,
+                        "seq": conn.seq}
+                if conn.binary_audio:
+                    await ws.send_text(json.dumps(head))
+                    await ws.send_bytes(msg.pcm)
+                else:
+                    head["data"] = base64.b64encode(msg.pcm).decode("ascii")
+                    await ws.send_text(json.dumps(head))
+                continue
+            d = event_to_dict(msg)
+            if type(msg) is UserTurn:
+                d["text"] = msg.text
+            elif type(msg) is TurnEnd:
+                m.turns.labels("ws", msg.reason).inc()
+            elif type(msg) is ErrorEvent:
+                m.errors.labels(msg.stage or "unknown").inc()
+            await ws.send_text(json.dumps(d, ensure_ascii=False))
+
+
+class _BadMessage(OmniAgentError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _parse_value(name: str, raw: str) -> Any:
+    """A query-string value typed like the LiveConfig field it sets."""
+    default = getattr(LiveConfig(), name)
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {raw!r}")
+    try:
+        return type(default)(float(raw)) if isinstance(default, int) else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None

@@ -1,0 +1,404 @@
+// The omni-agent voice page: microphone -> WebSocket (/v1/live) -> streamed reply audio.
+// Protocol: docs/protocol.md. No framework, no build step.
+'use strict';
+
+const params = new URLSearchParams(location.search);
+const token = params.get('token');
+const $ = (id) => document.getElementById(id);
+
+// Everything the page knows, readable from outside (the browser test reads it).
+const state = window.omni = {
+  connected: false, ready: null, events: [], userTexts: [], agentTexts: [], errors: [],
+  audioChunks: 0, audioBytes: 0, sourcesStarted: 0, sourcesEnded: 0, playedSeconds: 0,
+  captureMaxRms: 0, sentAudioBytes: 0, stops: 0, latencies: [], interruptions: [],
+  revisions: [], traces: [],
+};
+
+let ws = null;
+let micCtx = null, micStream = null, micNode = null;
+let playCtx = null, playHead = 0;
+let pendingHead = null;           // audio_chunk header waiting for its binary frame
+const turns = new Map();          // turn_id -> per-turn view and playback state
+let pendingTurnEl = null;         // an article created on speech_started, before user_turn
+let speechStoppedAt = null;       // performance.now() when the server saw the user stop
+let progressTimer = null;
+
+// ------------------------------------------------------------------ UI helpers
+
+function setConn(on, text) { const el = $('conn'); el.textContent = text; el.className = 'pill ' + (on ? 'on' : 'off'); }
+function setVad(kind, text) { const el = $('vad'); el.textContent = text; el.className = 'pill ' + kind; }
+function showError(msg) { const el = $('error'); el.textContent = msg; el.hidden = false; }
+function hideError() { $('error').hidden = true; }
+
+function newArticle() {
+  const el = $('turn-tpl').content.firstElementChild.cloneNode(true);
+  $('transcript').appendChild(el);
+  el.scrollIntoView({block: 'end'});
+  return el;
+}
+
+function turn(id) {
+  let t = turns.get(id);
+  if (!t) {
+    const el = pendingTurnEl || newArticle();
+    pendingTurnEl = null;
+    t = {id, el, utterances: [], deltas: '', sources: [], stopped: false, played: 0, firstAudioAt: null,
+         audioSeconds: 0};
+    turns.set(id, t);
+  }
+  return t;
+}
+
+function renderAgent(t) {
+  const span = t.el.querySelector('.atext');
+  const shown = t.utterances.filter(Boolean).join(' ');
+  span.textContent = shown || t.deltas;
+  span.style.color = shown ? '' : '#888';
+}
+
+function esc(s) { const d = document.createElement('span'); d.textContent = s == null ? '' : String(s); return d.innerHTML; }
+
+function renderTrace(t, trace) {
+  const box = t.el.querySelector('.changes');
+  const ul = box.querySelector('ul');
+  ul.innerHTML = '';
+  for (const iv of trace.interventions || []) {
+    const li = document.createElement('li');
+    let html = `<b>${esc(iv.middleware)}</b> ${esc(iv.action)} at ${esc(iv.point)}`;
+    if (iv.before != null || iv.after != null) {
+      html += `: <span class="before">${esc(iv.before)}</span> → <span class="after">${esc(iv.after)}</span>`;
+    }
+    if (iv.reason) html += ` <i>(${esc(iv.reason)})</i>`;
+    li.innerHTML = html;
+    ul.appendChild(li);
+  }
+  for (const s of trace.segments || []) {
+    if (s.spoken !== s.display) {
+      const li = document.createElement('li');
+      li.innerHTML = `clause ${s.index}: shown <span class="after">${esc(s.display)}</span>, spoken <span class="after">${esc(s.spoken)}</span>`;
+      ul.appendChild(li);
+    }
+  }
+  for (const tc of trace.tool_calls || []) {
+    const li = document.createElement('li');
+    li.innerHTML = `tool <b>${esc(tc.name)}</b>(${esc(tc.arguments)}) → ${esc(tc.result)}`;
+    ul.appendChild(li);
+  }
+  box.hidden = ul.children.length === 0;
+  if (!box.hidden) box.open = true;
+}
+
+function renderLatency(t, m) {
+  const parts = [];
+  const add = (label, v) => { if (v != null) parts.push(`<span>${label} <b>${Math.round(v)} ms</b></span>`); };
+  const st = m.stages_ms || {};
+  add('speech recognition', m.asr_ms || null);
+  add('thinker first token', st.thinker_first_token);
+  add('first clause', st.first_utterance);
+  add('talker first audio', st.talker_first_audio);
+  add('end of turn → first audio sent', m.first_audio_ms);
+  add('heard after', t.heardAfterMs);
+  add('whole turn', m.turn_ms);
+  for (const [k, v] of Object.entries(st)) if (k.startsWith('utterance:')) add(k.slice(10) + ' (safety)', v);
+  t.el.querySelector('.latency').innerHTML = parts.join('');
+}
+
+// ------------------------------------------------------------------ audio out
+
+function ensurePlayCtx() {
+  if (!playCtx) playCtx = new AudioContext();
+  if (playCtx.state === 'suspended') playCtx.resume();
+  return playCtx;
+}
+
+function playChunk(head, buf) {
+  const t = turn(head.turn_id);
+  if (t.stopped) return;
+  const ctx = ensurePlayCtx();
+  const i16 = new Int16Array(buf);
+  const f32 = new Float32Array(i16.length);
+  for (let i = 0; i < i16.length; i++) f32[i] = i16[i] / 32768;
+  if (!f32.length) return;
+  const ab = ctx.createBuffer(1, f32.length, head.sample_rate);
+  ab.copyToChannel(f32, 0);
+  const node = ctx.createBufferSource();
+  node.buffer = ab;
+  node.connect(ctx.destination);
+  const start = Math.max(ctx.currentTime + 0.02, playHead);
+  node.start(start);
+  playHead = start + ab.duration;
+  const src = {node, start, dur: ab.duration, done: false};
+  t.sources.push(src);
+  t.audioSeconds += ab.duration;
+  state.audioChunks += 1;
+  state.audioBytes += buf.byteLength;
+  state.sourcesStarted += 1;
+  if (t.firstAudioAt == null) {
+    t.firstAudioAt = start;
+    if (speechStoppedAt != null && t.fromSpeech) {
+      t.heardAfterMs = performance.now() - speechStoppedAt + (start - ctx.currentTime) * 1000;
+    }
+  }
+  node.onended = () => {
+    if (src.done) return;
+    src.done = true;
+    const played = Math.min(Math.max(ctx.currentTime - src.start, 0), src.dur);
+    t.played += played;
+    state.playedSeconds += played;
+    state.sourcesEnded += 1;
+    if (t.sources.every((s) => s.done) && ws && ws.readyState === WebSocket.OPEN && !t.stopped) {
+      ws.send(JSON.stringify({type: 'playback', turn_id: t.id, played_ms: Math.round(t.played * 1000), final: false}));
+    }
+    if (!anyPlaying()) setVad('idle', 'listening');
+  };
+  setVad('agent', 'agent speaking');
+}
+
+function anyPlaying() {
+  for (const t of turns.values()) if (!t.stopped && t.sources.some((s) => !s.done)) return true;
+  return false;
+}
+
+function playedMs(t) {
+  const now = playCtx ? playCtx.currentTime : 0;
+  let s = 0;
+  for (const src of t.sources) s += src.done ? 0 : Math.min(Math.max(now - src.start, 0), src.dur);
+  return Math.round((t.played + s) * 1000);
+}
+
+// Stop the reply at once (barge-in) and tell the server how much of it was heard.
+function stopPlayback(turnId) {
+  const t = turns.get(turnId);
+  state.stops += 1;
+  if (!t) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({type: 'playback', turn_id: turnId, played_ms: 0, final: true})); return; }
+  const heard = playedMs(t);
+  t.stopped = true;
+  for (const src of t.sources) {
+    if (!src.done) {
+      const played = Math.min(Math.max(playCtx.currentTime - src.start, 0), src.dur);
+      src.done = true;
+      t.played += played;
+      state.playedSeconds += played;
+      state.sourcesEnded += 1;
+      try { src.node.stop(); } catch (e) { /* already stopped */ }
+    }
+  }
+  if (playCtx) playHead = playCtx.currentTime;
+  if (ws && ws.readyState === WebSocket.OPEN) {
+    ws.send(JSON.stringify({type: 'playback', turn_id: turnId, played_ms: heard, final: true}));
+  }
+}
+
+// ------------------------------------------------------------------ audio in
+
+function sendAudio(f32) {
+  let sum = 0;
+  for (let i = 0; i < f32.length; i++) sum += f32[i] * f32[i];
+  const rms = Math.sqrt(sum / f32.length);
+  if (rms > state.captureMaxRms) state.captureMaxRms = rms;
+  if (!ws || ws.readyState !== WebSocket.OPEN || !state.ready) return;
+  const i16 = new Int16Array(f32.length);
+  for (let i = 0; i < f32.length; i++) {
+    const v = Math.max(-1, Math.min(1, f32[i]));
+    i16[i] = v < 0 ? v * 32768 : v * 32767;
+  }
+  ws.send(i16.buffer);
+  state.sentAudioBytes += i16.byteLength;
+}
+
+async function startMic() {
+  const aec = $('aec').checked;
+  // With processing off the browser hands over the microphone exactly as recorded (and
+  // Chromium's fake capture device plays its file unchanged); turn it on for loudspeakers.
+  micStream = await navigator.mediaDevices.getUserMedia({
+    audio: {echoCancellation: aec, noiseSuppression: aec, autoGainControl: aec},
+  });
+  micCtx = new AudioContext({sampleRate: 16000});
+  await micCtx.audioWorklet.addModule('/static/capture-worklet.js');
+  const src = micCtx.createMediaStreamSource(micStream);
+  micNode = new AudioWorkletNode(micCtx, 'pcm-capture');
+  micNode.port.onmessage = (e) => sendAudio(e.data);
+  const mute = micCtx.createGain();
+  mute.gain.value = 0;
+  src.connect(micNode);
+  micNode.connect(mute).connect(micCtx.destination);  // keeps the worklet running
+  await micCtx.resume();
+  return micCtx.sampleRate;
+}
+
+// ------------------------------------------------------------------ the socket
+
+function connect(sampleRate) {
+  return new Promise((resolve, reject) => {
+    const u = new URL('/v1/live', location.href);
+    u.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    if (token) u.searchParams.set('token', token);
+    u.searchParams.set('sample_rate', String(Math.round(sampleRate)));
+    u.searchParams.set('barge_in', $('bargein').checked ? 'true' : 'false');
+    for (const k of ['min_interrupt_ms', 'min_speech_ms', 'end_silence_ms', 'threshold']) {
+      if (params.has(k)) u.searchParams.set(k, params.get(k));
+    }
+    ws = new WebSocket(u);
+    ws.binaryType = 'arraybuffer';
+    let ready = false;
+    ws.onmessage = (e) => {
+      const m = onMessage(e.data);
+      if (m && m.type === 'ready') { ready = true; resolve(m); }
+    };
+    ws.onclose = (e) => {
+      state.connected = false;
+      state.ready = null;
+      setConn(false, 'disconnected');
+      if (e.code !== 1000) showError(`connection closed (${e.code}${e.reason ? ': ' + e.reason : ''})`);
+      if (!ready) reject(new Error(e.reason || `closed with code ${e.code}`));
+      stopLocal();
+    };
+    ws.onerror = () => {};
+  });
+}
+
+function onMessage(data) {
+  if (typeof data !== 'string') {
+    const head = pendingHead;
+    pendingHead = null;
+    if (head) playChunk(head, data);
+    return null;
+  }
+  const m = JSON.parse(data);
+  state.events.push(m.type);
+  switch (m.type) {
+    case 'ready':
+      state.ready = m;
+      state.connected = true;
+      setConn(true, 'connected');
+      setVad('idle', 'listening');
+      break;
+    case 'speech_started':
+      if (!m.ignored && !pendingTurnEl) pendingTurnEl = newArticle();
+      setVad('user', m.ignored ? 'you (ignored: barge-in off)' : 'you are speaking');
+      break;
+    case 'speech_stopped':
+      speechStoppedAt = performance.now();
+      setVad('idle', 'thinking…');
+      break;
+    case 'no_speech':
+      if (pendingTurnEl) { pendingTurnEl.remove(); pendingTurnEl = null; }
+      setVad('idle', 'listening');
+      break;
+    case 'user_turn': {
+      const t = turn(m.turn_id);
+      t.fromSpeech = (m.parts || []).some((p) => p.kind === 'audio');
+      t.el.querySelector('.utext').textContent = m.text || '(audio)';
+      state.userTexts.push(m.text);
+      break;
+    }
+    case 'text_delta': { const t = turn(m.turn_id); t.deltas += m.text; renderAgent(t); break; }
+    case 'utterance': { const t = turn(m.turn_id); t.utterances[m.index] = m.display ?? m.text; renderAgent(t); break; }
+    case 'audio_chunk':
+      if (m.data) {
+        const bin = atob(m.data);
+        const buf = new Uint8Array(bin.length);
+        for (let i = 0; i < bin.length; i++) buf[i] = bin.charCodeAt(i);
+        playChunk(m, buf.buffer);
+      } else {
+        pendingHead = m;
+      }
+      break;
+    case 'stop_playback': stopPlayback(m.turn_id); break;
+    case 'interruption': {
+      state.interruptions.push(m);
+      const t = turn(m.turn_id);
+      t.el.querySelector('.atext').insertAdjacentHTML('afterend',
+        ` <i class="cut">(interrupted${m.cancel_ms != null ? `, stopped in ${m.cancel_ms} ms` : ''})</i>`);
+      break;
+    }
+    case 'turn_end': {
+      const t = turn(m.turn_id);
+      if (!t.utterances.length && m.text) { t.deltas = m.text; renderAgent(t); }
+      state.agentTexts.push(m.text);
+      if (!anyPlaying()) setVad('idle', 'listening');
+      break;
+    }
+    case 'memory_revised': {
+      state.revisions.push(m);
+      const t = turn(m.turn_id);
+      t.el.querySelector('.latency').insertAdjacentHTML('beforebegin',
+        `<div class="latency">remembered as heard: “${esc(m.heard)}”</div>`);
+      break;
+    }
+    case 'latency': { state.latencies.push(m); const t = turn(m.turn_id); t.latency = m; renderLatency(t, m); break; }
+    case 'trace': { state.traces.push(m.trace); renderTrace(turn(m.turn_id), m.trace); break; }
+    case 'error': state.errors.push(m); showError(m.message); break;
+    case 'shutdown': showError('The server is shutting down.'); break;
+    default: break;
+  }
+  return m;
+}
+
+// ------------------------------------------------------------------ controls
+
+async function start() {
+  hideError();
+  $('start').disabled = true;
+  try {
+    ensurePlayCtx();
+    const rate = await startMic();
+    await connect(rate);
+    $('stop').disabled = false;
+    $('interrupt').disabled = false;
+    progressTimer = setInterval(reportProgress, 500);
+  } catch (e) {
+    showError(`Could not start: ${e.name ? e.name + ': ' : ''}${e.message}`);
+    state.errors.push({type: 'error', message: String(e)});
+    stop();
+  }
+}
+
+function reportProgress() {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  for (const t of turns.values()) {
+    if (!t.stopped && t.sources.some((s) => !s.done)) {
+      ws.send(JSON.stringify({type: 'playback', turn_id: t.id, played_ms: playedMs(t), final: false}));
+    }
+  }
+}
+
+function stopLocal() {
+  if (progressTimer) { clearInterval(progressTimer); progressTimer = null; }
+  if (micStream) { micStream.getTracks().forEach((tr) => tr.stop()); micStream = null; }
+  if (micCtx) { micCtx.close(); micCtx = null; }
+  $('start').disabled = false;
+  $('stop').disabled = true;
+  $('interrupt').disabled = true;
+}
+
+function stop() {
+  if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  stopLocal();
+  setVad('idle', 'idle');
+}
+
+async function sendText(e) {
+  e.preventDefault();
+  const text = $('text').value.trim();
+  if (!text) return;
+  hideError();
+  try {
+    ensurePlayCtx();
+    if (!ws || ws.readyState !== WebSocket.OPEN) await connect(16000);
+    ws.send(JSON.stringify({type: 'text', text}));
+    $('text').value = '';
+    $('interrupt').disabled = false;
+  } catch (err) {
+    showError(`Could not send: ${err.message}`);
+  }
+}
+
+$('start').onclick = start;
+$('stop').onclick = stop;
+$('interrupt').onclick = () => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({type: 'interrupt'})); };
+$('bargein').onchange = () => {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({type: 'configure', barge_in: $('bargein').checked}));
+};
+$('typed').onsubmit = sendText;
+if (params.get('autostart') === '1') start();
