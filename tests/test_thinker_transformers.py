@@ -109,6 +109,23 @@ async def test_cancelling_the_stream_stops_generation_promptly(smol):
 
 
 @pytest.mark.slow
+async def test_aclose_ends_a_running_stream_and_the_thinker_can_be_used_again(smol):
+    got = []
+
+    async def consume():
+        async for ev in smol.stream(ask("Write a long story about a dragon and a knight.", max_tokens=250)):
+            got.append(ev)
+            if len(got) == 2:
+                await smol.aclose()
+
+    t0 = time.monotonic()
+    await asyncio.wait_for(consume(), timeout=8)
+    assert time.monotonic() - t0 < 6  # far less than the ~250 tokens it was asked for
+    assert len(got) < 20
+    assert "Paris" in text_of(await collect(smol, ask("What is the capital of France?", max_tokens=30)))
+
+
+@pytest.mark.slow
 async def test_constraint_logits_processor_steers_decoding(smol):
     import torch
     from transformers import LogitsProcessor

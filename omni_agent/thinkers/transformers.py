@@ -51,7 +51,7 @@ _DEFAULT_NAMES = {None, "", "default", "embedded", "smollm2", EMBEDDED_NAME}
 
 # The worker thread blocks on a full queue; this bounds memory if the consumer is slow.
 _QUEUE_SIZE = 64
-_END = object()
+_WAKE = object()  # wakes the consumer when the worker's job is done
 
 
 def default_cache_dir() -> Path:
@@ -121,7 +121,7 @@ class TransformersThinker:
         self.load_seconds: float | None = None
         self._lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._closed = False
+        self._active: set[threading.Event] = set()  # stop flags of running generations
 
     # ------------------------------------------------------------------ construction
 
@@ -355,8 +355,6 @@ class TransformersThinker:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._closed:
-            raise ThinkerError("this TransformersThinker is closed")
         if self._executor is None:
             # One worker: requests run one after another (the model would only compete
             # with itself for the same cores).
@@ -434,26 +432,38 @@ class TransformersThinker:
             await loop.run_in_executor(executor, self.load)
         queue: asyncio.Queue = asyncio.Queue(maxsize=_QUEUE_SIZE)
         stop = threading.Event()
+        self._active.add(stop)
         job = loop.run_in_executor(executor, self._generate, request, queue, loop, stop)
-        # Retrieve a late exception if the consumer left early (no "never retrieved" noise).
-        job.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+        def finished(f: asyncio.Future) -> None:
+            if not f.cancelled():
+                f.exception()  # retrieved here, so an early exit leaves no "never retrieved" noise
+            if not queue.full():  # a full queue means the consumer is not waiting on get()
+                queue.put_nowait(_WAKE)
+
+        job.add_done_callback(finished)
         try:
-            while True:
+            # The worker puts every event before its job completes, so "queue empty and
+            # job done" means the answer is complete.
+            while not (job.done() and queue.empty()):
                 item = await queue.get()
-                if item is _END:
-                    break
+                if item is _WAKE:
+                    continue
                 item.session_id = request.session_id
                 item.turn_id = request.turn_id
                 yield item
-            await job  # raises what the worker raised
+            if job.cancelled():
+                raise ThinkerError(f"{self.model_name} was closed before it could answer")
+            job.result()  # raises what the worker raised
         finally:
             stop.set()
+            self._active.discard(stop)
 
     def _generate(self, request: ThinkerRequest, queue: asyncio.Queue,
                   loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
-        """Runs in the worker thread: generate and push events to ``queue``."""
+        """Runs in the worker thread: generate and put events on ``queue``."""
         def emit(item: Any) -> None:
-            if stop.is_set() and item is not _END:
+            if stop.is_set():
                 raise _Stopped
             try:
                 fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
@@ -467,26 +477,19 @@ class TransformersThinker:
                     if stop.is_set():  # consumer left while the queue was full
                         fut.cancel()
                         raise _Stopped from None
+                except concurrent.futures.CancelledError:
+                    raise _Stopped from None
 
+        if stop.is_set():
+            return
         try:
-            if stop.is_set():
-                return
             self._run_generate(request, emit, stop)
         except _Stopped:
             return
-        except (ThinkerError, UnsupportedInputError) as e:
-            err: BaseException = e
+        except (ThinkerError, UnsupportedInputError):
+            raise
         except Exception as e:  # generation failed: report it as a ThinkerError
-            err = ThinkerError(f"{self.model_name} failed while generating: {e}")
-            err.__cause__ = e
-        else:
-            err = None  # type: ignore[assignment]
-        try:
-            emit(_END)
-        except _Stopped:
-            pass
-        if err is not None:
-            raise err
+            raise ThinkerError(f"{self.model_name} failed while generating: {e}") from e
 
     def _run_generate(self, request: ThinkerRequest, emit: Callable[[Any], None],
                       stop: threading.Event) -> None:
@@ -546,8 +549,10 @@ class TransformersThinker:
             emit(ev)
 
     async def aclose(self) -> None:
-        """Stop the worker thread (running generation stops at the next token)."""
-        self._closed = True
+        """Stop the worker thread (running generation stops at the next token). The model
+        stays loaded; a later :meth:`stream` starts a new worker."""
+        for stop in list(self._active):
+            stop.set()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
