@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from omni_agent.errors import ThinkerError, UnsupportedInputError
+from omni_agent.errors import ConfigError, ThinkerError, UnsupportedInputError
 from omni_agent.events import AudioPart, ImagePart, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
 from omni_agent.server.background import serve_in_background
 from omni_agent.server.thinker_server import create_app
@@ -296,8 +296,8 @@ async def test_a_stream_that_breaks_midway_is_not_retried():
     assert len(calls) == 1
 
 
-def test_a_base_url_without_a_scheme_is_rejected_clearly():
-    with pytest.raises(ThinkerError, match="must start with http"):
+def test_a_base_url_without_a_scheme_is_a_config_error():
+    with pytest.raises(ConfigError, match="base_url 'localhost:8000/v1' must start with http"):
         OpenAIThinker("localhost:8000/v1")
 
 

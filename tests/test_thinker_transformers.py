@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from omni_agent.errors import ModelNotFoundError, UnsupportedInputError
+from omni_agent.errors import ConfigError, ModelNotFoundError, UnsupportedInputError
 from omni_agent.events import ImagePart, ReasoningDelta, TextDelta, TextPart, ToolCall
 from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
 from omni_agent.thinkers.transformers import TransformersThinker, _TextRouter
@@ -268,3 +268,10 @@ def test_hub_id_on_a_machine_without_network_fails_fast_and_says_so(monkeypatch,
     with pytest.raises(ModelNotFoundError, match="hub is not reachable.*cannot connect to hub.invalid"):
         thinker.load()
     assert time.monotonic() - t0 < 10
+
+
+def test_bad_thread_count_or_dtype_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="thinker.threads"):
+        TransformersThinker.default(threads=0)
+    with pytest.raises(ConfigError, match="thinker.dtype"):
+        TransformersThinker.default(dtype="float8")

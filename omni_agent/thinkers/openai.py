@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator, Iterable
 import httpx
 from httpx_sse import EventSource, SSEError
 
-from ..errors import ThinkerError, UnsupportedInputError
+from ..errors import ConfigError, ThinkerError, UnsupportedInputError
 from ..events import AudioPart, Event, ImagePart, Part, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
 from ..thinker import Message, ThinkerRequest
 
@@ -158,12 +158,12 @@ class OpenAIThinker:
                  stream: bool = True, transport: httpx.AsyncBaseTransport | None = None):
         base = base_url.rstrip("/")
         if not base.startswith(("http://", "https://")):
-            raise ThinkerError(f"base_url {base_url!r} must start with http:// or https:// "
+            raise ConfigError(f"thinker.base_url {base_url!r} must start with http:// or https:// "
                                "(e.g. http://localhost:8000/v1)")
         if httpx.URL(base).path in ("", "/"):
             base += "/v1"
         if audio_input not in ("input_audio", "audio_url"):
-            raise ThinkerError("audio_input must be 'input_audio' or 'audio_url'")
+            raise ConfigError(f"thinker.audio_input must be 'input_audio' or 'audio_url' (got {audio_input!r})")
         self.base_url = base
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get(api_key_env) or None

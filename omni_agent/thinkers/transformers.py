@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
-from ..errors import ModelNotFoundError, ThinkerError, UnsupportedInputError
+from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
 from ..events import AudioPart, Event, ReasoningDelta, TextDelta, TextPart, ToolCall
 from ..thinker import Message, ThinkerRequest
 
@@ -104,8 +104,10 @@ class TransformersThinker:
                  threads: int = 1, cache_dir: str | os.PathLike | None = None, cache: bool = True,
                  dtype: str = "float32", device: str = "cpu", accepts: Iterable[str] = ("text",),
                  trust_remote_code: bool = False, name: str | None = None):
-        if threads < 1:
-            raise ValueError("threads must be at least 1")
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"thinker.threads must be a whole number of at least 1 (got {threads!r})")
+        if dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ConfigError(f"thinker.dtype must be float32, bfloat16, float16 or auto (got {dtype!r})")
         self.threads = int(threads)
         self.cache = cache
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
