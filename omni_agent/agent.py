@@ -267,8 +267,14 @@ class Agent:
     def build_request(self, ctx: TurnContext) -> ThinkerRequest:
         """The Thinker request for the next round of this turn."""
         opts = ctx.state.pop("_next_request", {})
+        messages = list(ctx.messages)
+        shape = opts.get("prompt")
+        if shape is not None:
+            # A middleware may shape one round's prompt (e.g. tool examples for a small
+            # model) without changing the turn's messages.
+            messages = list(shape(messages))
         return ThinkerRequest(
-            messages=list(ctx.messages),
+            messages=messages,
             tools=self.tools.openai_schemas() if self.tools is not None else [],
             tool_choice=opts.get("tool_choice", "auto"),
             settings=opts.get("settings", self.settings),

@@ -1,0 +1,28 @@
+"""The tool system: ``@tool`` on a typed function, per-agent registries, schemas, interop.
+
+::
+
+    from omni_agent.tools import tool, current_time, calculator
+
+    @tool
+    def weather(city: str) -> str:
+        '''Today's weather in a city.
+
+        Args:
+            city: The city, e.g. "Paris".
+        '''
+        ...
+
+    agent = Agent(thinker=..., tools=[weather, current_time, calculator])
+
+See docs/tools.md for the tool middleware, constrained decoding and the router.
+"""
+
+from .builtin import calculator, current_time
+from .interop import from_langchain, to_langchain, to_openai
+from .registry import Tool, ToolRegistry, as_tool, format_result, tool
+from .schema import function_schema, parse_docstring
+
+__all__ = ["tool", "Tool", "ToolRegistry", "as_tool", "format_result", "function_schema",
+           "parse_docstring", "from_langchain", "to_langchain", "to_openai", "current_time",
+           "calculator"]

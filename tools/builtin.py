@@ -1,0 +1,293 @@
+"""Built-in tools: the current time in a time zone, and a safe calculator.
+
+::
+
+    Agent(thinker=..., tools=[current_time, calculator])
+    # or in a config:  tools = ["current_time", "calculator"]
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from datetime import datetime, timedelta, timezone as dt_timezone, tzinfo
+from functools import lru_cache
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from omni_agent.errors import ToolError
+
+from .registry import tool
+
+__all__ = ["current_time", "calculator", "resolve_timezone", "evaluate"]
+
+
+# ---------------------------------------------------------------------------- time
+
+# Places people name that are not the last part of an IANA zone name, and the zone the
+# abbreviations people say usually mean (an abbreviation like "CST" is ambiguous; the
+# common reading wins and the answer names the zone it used).
+_ALIASES = {
+    "utc": "UTC", "gmt": "UTC", "z": "UTC", "zulu": "UTC", "universal": "UTC",
+    "est": "America/New_York", "edt": "America/New_York", "eastern": "America/New_York",
+    "cst": "America/Chicago", "cdt": "America/Chicago", "central": "America/Chicago",
+    "mst": "America/Denver", "mdt": "America/Denver", "mountain": "America/Denver",
+    "pst": "America/Los_Angeles", "pdt": "America/Los_Angeles", "pacific": "America/Los_Angeles",
+    "cet": "Europe/Paris", "cest": "Europe/Paris", "bst": "Europe/London",
+    "jst": "Asia/Tokyo", "kst": "Asia/Seoul", "ist": "Asia/Kolkata", "sgt": "Asia/Singapore",
+    "hkt": "Asia/Hong_Kong", "aest": "Australia/Sydney", "aedt": "Australia/Sydney",
+    "san francisco": "America/Los_Angeles", "seattle": "America/Los_Angeles",
+    "silicon valley": "America/Los_Angeles", "washington": "America/New_York",
+    "washington dc": "America/New_York", "boston": "America/New_York",
+    "miami": "America/New_York", "atlanta": "America/New_York", "philadelphia": "America/New_York",
+    "dallas": "America/Chicago", "houston": "America/Chicago", "austin": "America/Chicago",
+    "montreal": "America/Toronto", "ottawa": "America/Toronto", "rio de janeiro": "America/Sao_Paulo",
+    "rio": "America/Sao_Paulo", "beijing": "Asia/Shanghai", "shenzhen": "Asia/Shanghai",
+    "delhi": "Asia/Kolkata", "new delhi": "Asia/Kolkata", "mumbai": "Asia/Kolkata",
+    "bangalore": "Asia/Kolkata", "bengaluru": "Asia/Kolkata", "kyoto": "Asia/Tokyo",
+    "osaka": "Asia/Tokyo", "milan": "Europe/Rome", "florence": "Europe/Rome",
+    "barcelona": "Europe/Madrid", "munich": "Europe/Berlin", "frankfurt": "Europe/Berlin",
+    "hamburg": "Europe/Berlin", "geneva": "Europe/Zurich", "st petersburg": "Europe/Moscow",
+    "saint petersburg": "Europe/Moscow", "cape town": "Africa/Johannesburg",
+    "hanoi": "Asia/Bangkok", "abu dhabi": "Asia/Dubai", "tel aviv": "Asia/Jerusalem",
+    "japan": "Asia/Tokyo", "china": "Asia/Shanghai", "india": "Asia/Kolkata",
+    "korea": "Asia/Seoul", "south korea": "Asia/Seoul", "uk": "Europe/London",
+    "england": "Europe/London", "britain": "Europe/London", "united kingdom": "Europe/London",
+    "france": "Europe/Paris", "germany": "Europe/Berlin", "spain": "Europe/Madrid",
+    "italy": "Europe/Rome", "netherlands": "Europe/Amsterdam", "russia": "Europe/Moscow",
+    "brazil": "America/Sao_Paulo", "mexico": "America/Mexico_City", "egypt": "Africa/Cairo",
+    "australia": "Australia/Sydney", "new zealand": "Pacific/Auckland",
+    "singapore": "Asia/Singapore", "thailand": "Asia/Bangkok", "vietnam": "Asia/Ho_Chi_Minh",
+    "indonesia": "Asia/Jakarta", "philippines": "Asia/Manila", "turkey": "Europe/Istanbul",
+    "ireland": "Europe/Dublin", "portugal": "Europe/Lisbon", "greece": "Europe/Athens",
+    "switzerland": "Europe/Zurich", "sweden": "Europe/Stockholm", "norway": "Europe/Oslo",
+    "poland": "Europe/Warsaw", "canada": "America/Toronto", "argentina": "America/Argentina/Buenos_Aires",
+    "usa": "America/New_York", "us": "America/New_York", "united states": "America/New_York",
+    "america": "America/New_York", "new york city": "America/New_York", "nyc": "America/New_York",
+    "la": "America/Los_Angeles", "sf": "America/Los_Angeles",
+}
+_OFFSET = re.compile(r"^(?:utc|gmt)\s*([+-])\s*(\d{1,2})(?::?(\d{2}))?$")
+
+
+@lru_cache(maxsize=1)
+def _zone_index() -> tuple[dict[str, str], dict[str, str]]:
+    """(lower-case IANA name -> name, lower-case city part -> name)."""
+    full: dict[str, str] = {}
+    city: dict[str, str] = {}
+    # Canonical region zones first so "Europe/Paris" wins over legacy aliases.
+    for name in sorted(available_timezones(), key=lambda z: (z.count("/") != 1, z.startswith(("Etc", "US/", "SystemV")), z)):
+        full[name.lower()] = name
+        last = name.rsplit("/", 1)[-1].replace("_", " ").lower()
+        city.setdefault(last, name)
+    return full, city
+
+
+def resolve_timezone(name: str) -> tuple[tzinfo, str]:
+    """A time zone from an IANA name ("Asia/Tokyo"), a city or country ("Tokyo",
+    "new york", "Japan"), a common abbreviation ("PST") or an offset ("UTC+9").
+
+    Returns (tzinfo, canonical name). Raises :class:`ToolError` when nothing matches.
+    """
+    raw = (name or "").strip()
+    key = re.sub(r"\s+", " ", raw.lower().replace("_", " ")).strip(" .?!")
+    key = re.sub(r"\b(time ?zone|timezone|time|city|in)\b", "", key).strip(" ,")
+    full, city = _zone_index()
+    candidates = [key] + [p.strip() for p in key.split(",") if p.strip()]
+    for k in candidates:
+        if not k:
+            continue
+        m = _OFFSET.match(k.replace(" ", ""))
+        if m:
+            sign = 1 if m.group(1) == "+" else -1
+            hours, minutes = int(m.group(2)), int(m.group(3) or 0)
+            if hours > 14 or minutes >= 60:
+                break
+            off = timedelta(hours=hours, minutes=minutes) * sign
+            label = f"UTC{m.group(1)}{hours:02d}:{minutes:02d}"
+            return dt_timezone(off, label), label
+        zone = full.get(k.replace(" ", "_")) or full.get(k) or _ALIASES.get(k) or city.get(k)
+        if zone:
+            try:
+                return ZoneInfo(zone), zone
+            except ZoneInfoNotFoundError:  # pragma: no cover - tz database incomplete
+                break
+    raise ToolError(f"unknown time zone {name!r}: give an IANA name like 'Asia/Tokyo', a city "
+                    "like 'Tokyo', or an offset like 'UTC+9'")
+
+
+@tool(examples=[("What time is it in Tokyo?", {"timezone": "Tokyo"}),
+                ("What's the time in New York right now?", {"timezone": "New York"}),
+                ("What is the date today in London?", {"timezone": "London"})])
+def current_time(timezone: str = "UTC") -> str:
+    """The current date and time in a time zone.
+
+    Args:
+        timezone: A city ("Tokyo"), an IANA time zone ("Asia/Tokyo") or an offset ("UTC+9").
+    """
+    tz, zone = resolve_timezone(timezone)
+    now = datetime.now(tz)
+    offset = now.strftime("%z")
+    offset = f"UTC{offset[:3]}:{offset[3:]}" if offset else "UTC"
+    given = (timezone or "").strip()
+    if given.islower():
+        given = given.title()
+    hour12 = now.strftime("%I:%M %p").lstrip("0")
+    when = f"It is {now:%H:%M} ({hour12}) on {now:%A}, {now.day} {now:%B %Y}"
+    if zone == offset or zone == "UTC":  # a bare offset: nothing more to say about it
+        return f"{when} in {zone}."
+    place = given if given and given.lower() != zone.lower() else zone
+    return f"{when} in {place} ({zone + ', ' if place != zone else ''}{offset})."
+
+
+# ---------------------------------------------------------------------------- calculator
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+def _factorial(n: Any) -> int:
+    if not float(n).is_integer() or n < 0:
+        raise ToolError("factorial needs a whole number of at least 0")
+    if n > 1000:
+        raise ToolError("factorial: the number is too large (at most 1000)")
+    return math.factorial(int(n))
+
+
+def _log(x: Any, base: Any = None) -> float:
+    return math.log(x) if base is None else math.log(x, base)
+
+
+_FUNCS: dict[str, Callable[..., Any]] = {
+    "sqrt": math.sqrt, "cbrt": lambda x: math.copysign(abs(x) ** (1 / 3), x), "abs": abs,
+    "round": round, "min": min, "max": max, "floor": math.floor, "ceil": math.ceil,
+    "log": _log, "ln": math.log, "log10": math.log10, "log2": math.log2, "exp": math.exp,
+    "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin, "acos": math.acos,
+    "atan": math.atan, "atan2": math.atan2, "sinh": math.sinh, "cosh": math.cosh,
+    "tanh": math.tanh, "degrees": math.degrees, "radians": math.radians,
+    "factorial": _factorial, "hypot": math.hypot, "gcd": math.gcd, "lcm": math.lcm,
+}
+_CONSTS = {"pi": math.pi, "e": math.e, "tau": math.tau, "inf": math.inf}
+_MAX_BITS = 40_000  # ~12,000 digits: beyond that a result is useless and slow to make
+_MAX_LEN = 500
+
+_WORDS = [
+    (r"\bsquare root of\s*", "sqrt "), (r"\bcube root of\s*", "cbrt "),
+    (r"\bto the power of\b", "**"), (r"\bto the\s+(\d+)(?:st|nd|rd|th) power\b", r"** \1"),
+    (r"\bsquared\b", "**2"), (r"\bcubed\b", "**3"), (r"\bmultiplied by\b", "*"),
+    (r"\btimes\b", "*"), (r"\bdivided by\b", "/"), (r"\bover\b", "/"), (r"\bplus\b", "+"),
+    (r"\bminus\b", "-"), (r"\bmodulo\b|\bmod\b", "%"),
+]
+
+
+def _normalise(expr: str) -> str:
+    s = expr.strip().rstrip("=?").strip()
+    s = (s.replace("×", "*").replace("·", "*").replace("÷", "/").replace("−", "-")
+         .replace("^", "**").replace("√", "sqrt "))
+    s = re.sub(r"(?i)^\s*(what is|what's|calculate|compute|evaluate)\s+", "", s)
+    for pat, rep in _WORDS:
+        s = re.sub(pat, rep, s, flags=re.IGNORECASE)
+    # "sqrt 16" -> "sqrt(16)" for a bare number after a function name.
+    s = re.sub(r"\b(sqrt|cbrt)\s+(\d+(?:\.\d+)?)", r"\1(\2)", s)
+    # Percentages: "15% of 80" and "80 * 15%" (a % followed by an operand stays modulo).
+    s = re.sub(r"(\d+(?:\.\d+)?)\s*%\s*of\b", r"(\1/100)*", s, flags=re.IGNORECASE)
+    s = re.sub(r"(\d+(?:\.\d+)?)\s*%(?=\s*(?:$|[)+\-*/,]))", r"(\1/100)", s)
+    return s
+
+
+def _check_size(v: Any) -> Any:
+    if isinstance(v, int) and v.bit_length() > _MAX_BITS:
+        raise ToolError("the result is too large to compute")
+    return v
+
+
+def _eval(node: ast.AST) -> Any:
+    if isinstance(node, ast.Expression):
+        return _eval(node.body)
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+            raise ToolError(f"only numbers are allowed, not {node.value!r}")
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow):
+            if abs(right) > 10_000 or (abs(left) > 1 and abs(right) * math.log2(abs(left)) > _MAX_BITS):
+                raise ToolError("the result is too large to compute")
+        if isinstance(node.op, ast.Mult) and isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > _MAX_BITS:
+                raise ToolError("the result is too large to compute")
+        try:
+            return _check_size(_BINOPS[type(node.op)](left, right))
+        except ZeroDivisionError:
+            raise ToolError("division by zero") from None
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval(node.operand))
+    if isinstance(node, ast.Name):
+        if node.id in _CONSTS:
+            return _CONSTS[node.id]
+        raise ToolError(f"unknown name {node.id!r}: use numbers, + - * / // % **, "
+                        f"parentheses, the constants {', '.join(_CONSTS)} and functions "
+                        f"like sqrt, sin, log")
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
+            fname = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+            raise ToolError(f"unknown function {fname!r}: use one of {', '.join(sorted(_FUNCS))}")
+        if node.keywords:
+            raise ToolError("functions take plain arguments here, not keyword arguments")
+        args = [_eval(a) for a in node.args]
+        try:
+            return _check_size(_FUNCS[node.func.id](*args))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ToolError(f"{node.func.id}: {e}") from None
+    raise ToolError(f"{type(node).__name__} is not allowed in a calculation: use numbers, "
+                    "arithmetic operators, parentheses and math functions")
+
+
+def evaluate(expression: str) -> int | float:
+    """Evaluate an arithmetic expression safely (no ``eval``: an AST walker over a
+    whitelist of numbers, operators, math functions and constants). Raises ToolError."""
+    if len(expression) > _MAX_LEN:
+        raise ToolError(f"the expression is too long (at most {_MAX_LEN} characters)")
+    src = _normalise(expression)
+    if not src:
+        raise ToolError("the expression is empty: give one like '17 * 23'")
+    try:
+        tree = ast.parse(src, mode="eval")
+    except SyntaxError:
+        raise ToolError(f"cannot read {expression!r} as arithmetic: write it like "
+                        "'(2 + 3) * 4' or 'sqrt(16)'") from None
+    try:
+        value = _eval(tree)
+    except OverflowError:
+        raise ToolError("the result is too large to compute") from None
+    if isinstance(value, complex):  # pragma: no cover - ** with fractional powers of negatives
+        raise ToolError("the result is not a real number")
+    return value
+
+
+def _fmt(v: int | float) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        if v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.12g}"
+    return str(v)
+
+
+@tool(examples=[("What is 17 times 23?", {"expression": "17 * 23"}),
+                ("Calculate 2 to the power of 10", {"expression": "2 ** 10"}),
+                ("What's the square root of 144?", {"expression": "sqrt(144)"})])
+def calculator(expression: str) -> str:
+    """Evaluate an arithmetic expression exactly, e.g. "17 * 23" or "sqrt(2) / 3".
+
+    Args:
+        expression: Arithmetic with + - * / // % ** and parentheses; functions like sqrt, sin, log; constants pi and e.
+    """
+    value = evaluate(expression)
+    return f"{expression.strip()} = {_fmt(value)}"

