@@ -1,0 +1,149 @@
+"""Streaming-safe pattern holding, shared by the safety middleware (PII, blocklist).
+
+A filter that must see a whole pattern (a phone number, an e-mail address, a blocked
+word) cannot judge text that arrives a few characters at a time: "555-01" may become
+"555-0199". :class:`StreamHold` keeps back only the tail of the text that could still be
+the *start* of a pattern and releases everything before it at once, so display text lags
+by at most the pattern in progress (in practice a word or a number, never more than a
+clause).
+
+"Could still be the start of a pattern" is decided by partial regular-expression
+matching from the ``regex`` package (``partial=True``): it answers exactly that question
+for any pattern, so each filter only states its patterns and a validator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import regex
+
+__all__ = ["Finding", "Scanner", "StreamHold", "partial_start"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One match a filter found: its kind (``"phone"``, ``"email"``, a rule name) and span."""
+
+    kind: str
+    start: int
+    end: int
+
+
+class Scanner(Protocol):
+    """What :class:`StreamHold` needs from a filter."""
+
+    def find(self, text: str, pos: int = 0) -> list[Finding]:
+        """Complete, validated findings starting at or after ``pos`` (the text before
+        ``pos`` is context only), sorted and not overlapping."""
+
+    def hold_from(self, text: str, pos: int = 0) -> int:
+        """The earliest index >= ``pos`` from which ``text`` could still grow into a
+        finding, or ``len(text)`` when nothing there can."""
+
+
+def partial_start(candidates: regex.Pattern[str], text: str, pos: int = 0, *,
+                  starts: regex.Pattern[str] | None = None, window: int = 256) -> int:
+    """Earliest index >= ``pos`` from which ``text`` could still grow into a match of
+    ``candidates``: ``text[i:]`` is a partial match, or a complete one that reaches the
+    end (more text could extend it). ``len(text)`` when there is none.
+
+    Each position is tried with ``fullmatch(partial=True)``, which answers exactly that.
+    (A plain ``finditer(partial=True)`` is not enough: ``regex`` prefers a complete match
+    found later in the string to a partial one found earlier, so "DE89 3" — an IBAN in
+    progress — hides behind the complete number "3".) Only the last ``window``
+    characters are tried: no pattern in progress is longer. ``starts``, a zero-width
+    pattern, limits the tries to positions where a match can begin (word starts, "<").
+    """
+    n = len(text)
+    lo = max(pos, n - window)
+    if starts is None:
+        positions: Iterable[int] = range(lo, n)
+    else:
+        positions = (m.start() for m in starts.finditer(text, lo))
+    fullmatch = candidates.fullmatch
+    for i in positions:
+        if fullmatch(text, i, partial=True) is not None:
+            return i
+    return n
+
+
+class StreamHold:
+    """Holds streamed text while it could be the start of a pattern.
+
+    ``feed(text)`` returns ``(released, findings)``: the text that is now safe to judge
+    and the findings in it (offsets relative to ``released``). ``flush()`` releases the
+    rest (end of a round). A few characters of already released text are kept as
+    context for look-behind rules ("SSN 123456789"), never released twice.
+
+    ``max_hold`` bounds the held text: every pattern the built-in filters know is far
+    shorter, so text held that long cannot be one and is released.
+    """
+
+    __slots__ = ("scanner", "context", "max_hold", "_ctx", "_buf")
+
+    def __init__(self, scanner: Scanner, *, context: int = 48, max_hold: int = 512):
+        self.scanner = scanner
+        self.context = context
+        self.max_hold = max_hold
+        self._ctx = ""
+        self._buf = ""
+
+    @property
+    def held(self) -> str:
+        """The text held back right now."""
+        return self._buf
+
+    def feed(self, text: str) -> tuple[str, list[Finding]]:
+        self._buf += text
+        full = self._ctx + self._buf
+        base = len(self._ctx)
+        cut = self.scanner.hold_from(full, base)
+        if cut <= base:
+            if len(self._buf) <= self.max_hold:
+                return "", []
+            cut = len(full)  # held too long to be a pattern: judge it all now
+        findings = self.scanner.find(full, base)
+        # A complete finding that straddles the cut is released whole or not at all.
+        changed = True
+        while changed:
+            changed = False
+            for f in findings:
+                if f.start < cut < f.end:
+                    cut = f.start
+                    changed = True
+        if cut <= base:
+            return "", []
+        return self._release(full, base, cut, findings)
+
+    def flush(self) -> tuple[str, list[Finding]]:
+        full = self._ctx + self._buf
+        base = len(self._ctx)
+        if not self._buf:
+            return "", []
+        return self._release(full, base, len(full), self.scanner.find(full, base))
+
+    def reset(self) -> None:
+        self._ctx = ""
+        self._buf = ""
+
+    def _release(self, full: str, base: int, cut: int, findings: Iterable[Finding]
+                 ) -> tuple[str, list[Finding]]:
+        out = full[base:cut]
+        rel = [Finding(f.kind, f.start - base, f.end - base) for f in findings if f.end <= cut]
+        self._buf = full[cut:]
+        self._ctx = full[max(0, cut - self.context):cut]
+        return out, rel
+
+
+def apply_findings(text: str, findings: Iterable[Finding], replace: Callable[[Finding, str], str]) -> str:
+    """Rebuild ``text`` with each finding replaced by ``replace(finding, matched_text)``."""
+    out = []
+    last = 0
+    for f in findings:
+        out.append(text[last:f.start])
+        out.append(replace(f, text[f.start:f.end]))
+        last = f.end
+    out.append(text[last:])
+    return "".join(out)
