@@ -15,7 +15,7 @@ import pytest
 from omni_agent.agent import Agent
 from omni_agent.audio import pcm16_to_float, resample, wav_bytes
 from omni_agent.errors import AudioInputError
-from omni_agent.events import AudioChunk, AudioPart, TextDelta, TurnEnd, UserTurn, Utterance
+from omni_agent.events import AudioChunk, AudioPart, TextDelta, TurnEnd, UserTurn
 from omni_agent.testing import RecordingTalker, ScriptedThinker
 
 

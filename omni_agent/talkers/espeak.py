@@ -23,7 +23,7 @@ import asyncio
 import ctypes
 import threading
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from ..errors import ConfigError, TalkerError
 from ..events import AudioChunk, Utterance
@@ -110,7 +110,7 @@ class _Engine:
             raise TalkerError(f"espeak-ng failed to initialize with data at {data}")
         self.sample_rate = rate
         # The sink of the synthesis running now (set under the lock).
-        self._sink: callable | None = None  # type: ignore[valid-type]
+        self._sink: Callable[[bytes], bool] | None = None
         self._callback = _SYNTH_CALLBACK(self._on_audio)  # kept alive for the C side
         lib.espeak_SetSynthCallback(self._callback)
         self.voices = self._list_voices()
