@@ -12,6 +12,7 @@ import click
 
 from ..errors import OmniAgentError
 from ..events import (
+    AudioChunk,
     AudioPart,
     ErrorEvent,
     ImagePart,
@@ -89,8 +90,10 @@ async def warm_up(agent: Any, quiet: bool = False) -> None:
 
 
 async def print_turn(session: Any, turn: UserTurn, *, as_json: bool, show_trace: bool = True,
-                     stream: Any = None) -> Any:
-    """Run a turn, printing display text as it comes (or every event as JSON lines)."""
+                     stream: Any = None, audio: list[Any] | None = None) -> Any:
+    """Run a turn, printing display text as it comes (or every event as JSON lines).
+
+    Audio chunks are appended to ``audio`` when a list is given. Returns the TurnEnd."""
     out = stream or sys.stdout
     clause_mode = session.agent.display == "clause"
     end = None
@@ -112,6 +115,8 @@ async def print_turn(session: Any, turn: UserTurn, *, as_json: bool, show_trace:
             click.echo(click.style(f"[tool result] {ev.name}: {ev.content}", dim=True), err=True)
         elif isinstance(ev, ErrorEvent):
             click.echo(click.style(f"[error] {ev.stage}: {ev.message}", fg="red"), err=True)
+        if audio is not None and isinstance(ev, AudioChunk):
+            audio.append(ev)
         if isinstance(ev, TurnEnd):
             end = ev
     trace = session.last_trace
