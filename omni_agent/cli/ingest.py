@@ -19,21 +19,25 @@ from .common import friendly_errors
               help="Target chunk size in characters.")
 @click.option("--overlap", default=100, show_default=True, type=click.IntRange(min=0),
               help="Characters of whole sentences repeated between neighbouring chunks.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="CPU threads for embedding (more helps only on an otherwise idle machine).")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: on a terminal).")
 @friendly_errors
-def ingest(paths, collection, data_dir, chroma_url, chunk_size, overlap, progress):
+def ingest(paths, collection, data_dir, chroma_url, chunk_size, overlap, threads, progress):
     """Ingest text, markdown and PDF files (directories recursively) into vector memory.
 
     Re-ingesting the same files updates them in place: no duplicates. A file that cannot
     be read is reported and skipped; the others are ingested (exit status 1 if any failed).
     """
+    from ..memory.embeddings import MiniLMEmbedding
     from ..memory.ingest import ingest as run_ingest
     from ..memory.vector import VectorMemory
 
     if overlap >= chunk_size:
         raise click.BadParameter("must be smaller than --chunk-size", param_hint="--overlap")
-    memory = VectorMemory(collection, data_dir=data_dir, url=chroma_url or None, create=True)
+    memory = VectorMemory(collection, data_dir=data_dir, url=chroma_url or None, create=True,
+                          embedding=MiniLMEmbedding(threads=threads))
     report = run_ingest(list(paths), memory, chunk_size=chunk_size, overlap=overlap, progress=progress)
     for path, message in report.errors:
         click.echo(click.style(f"skipped {path}: {message}", fg="red"), err=True)

@@ -1,0 +1,98 @@
+"""A real Chroma server for tests: runs chromadb's own ``chroma run`` CLI on a free port.
+
+::
+
+    with ChromaServer(tmp_path / "chroma") as server:
+        memory = VectorMemory("docs", url=server.url)
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ChromaServer", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _chroma_cli() -> str:
+    here = Path(sys.executable).parent / "chroma"
+    if here.is_file():
+        return str(here)
+    found = shutil.which("chroma")
+    if found:
+        return found
+    raise FileNotFoundError("the `chroma` command was not found: pip install chromadb")
+
+
+class ChromaServer:
+    """A ``chroma run --path PATH --port PORT`` process; ``url`` once started.
+
+    ``start()`` waits until the server answers its heartbeat (or raises with its log);
+    ``stop()`` ends it (the data stays in ``path``, so a new server on the same path
+    serves the same collections).
+    """
+
+    def __init__(self, path: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
+                 startup_timeout: float = 30.0):
+        self.path = Path(path)
+        self.host = host
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.path.parent / f"{self.path.name}-chroma-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "ChromaServer":
+        import httpx
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [_chroma_cli(), "run", "--path", str(self.path), "--host", self.host, "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(f"{self.url}/api/v2/heartbeat", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the Chroma server did not start on {self.url}; its log:\n"
+                           + self.log_path.read_text(errors="replace")[-2000:])
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> "ChromaServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
