@@ -514,6 +514,13 @@ class PIIRedactor(Middleware):
 
     def on_utterance(self, utt: Utterance, ctx: TurnContext) -> Utterance:
         lang = utt.lang or ctx.lang
+        if ctx.state.get("pii_stream_blocks"):
+            # The display filter already replaced a "block" kind in the stream: the
+            # clause that carries its label is blocked, as if the PII were still there.
+            for kind in sorted(k for k, a in self.actions.items() if a == "block"):
+                if self._placeholder(kind, lang) in utt.text:
+                    ctx.state["pii_stream_blocks"] -= 1
+                    raise Blocked(f"contains PII ({kind})")
         text, found = self.scrub(utt.text, spoken=True, lang=lang)
         # A clause boundary inside a number ("... +44 20" | "7946 0958") must not hide it:
         # look at the end of the previous clause together with this one.
@@ -554,6 +561,9 @@ class PIIRedactor(Middleware):
             if not released:
                 return None
             if found:
+                blocks = sum(1 for f in found if self.actions[f.kind] == "block")
+                if blocks:
+                    ctx.state["pii_stream_blocks"] = ctx.state.get("pii_stream_blocks", 0) + blocks
                 new = apply_findings(released, found, lambda f, s: self._replacement(f, s, False, lang))
                 ctx.trace.record(label, "stream", "redact", released, new,
                                  ", ".join(sorted({f.kind for f in found})))

@@ -73,8 +73,9 @@ _MONEY_BEFORE = regex.compile(rf"(?<![\w])(-)?([$€£¥₹₩₽]|(?:{_CUR_CODE
 _MONEY_AFTER = regex.compile(rf"(?<![\w.,])(-)?({_NUM})\s?([€$£¥₹₩₽]|(?:{_CUR_CODES})\b)", _F)
 _PERCENT = regex.compile(rf"(?<![\w.,])(-)?({_NUM})\s?%", _F)
 _ISO_DATE = regex.compile(r"(?<![\d\-])(\d{4})-(\d{2})-(\d{2})(?![\d\-])", _F)
-_DMY_DATE = regex.compile(r"(?<![\d./])(\d{1,2})([./])(\d{1,2})\2(\d{4})(?![\d./])", _F)
-_TIME = regex.compile(r"(?<![\d:.])(\d{1,2})[:h](\d{2})(?::(\d{2}))?(?![\d:])(?:\s?([AaPp])\.?\s?[Mm]\.?(?![A-Za-z]))?", _F)
+_DMY_DATE = regex.compile(r"(?<![\d./])(\d{1,2})([./])(\d{1,2})\2(\d{4})(?![\d/]|\.\d)", _F)
+_TIME = regex.compile(r"(?<![\d:.])(\d{1,2})[:h](\d{2})(?::(\d{2}))?(?![\d:])()", _F)
+_TIME_EN = regex.compile(r"(?<![\d:.])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])(?:\s?([AaPp])\.?\s?[Mm]\.?(?![A-Za-z]))?", _F)
 _TIME_AMPM = regex.compile(r"(?<![\d:.])(\d{1,2})\s?([AaPp])\.?[Mm]\.?(?![A-Za-z])", _F)
 _ORDINAL_EN = regex.compile(r"(?<![\w.,])(\d+)(?:st|nd|rd|th)\b", _F)
 _ORDINAL_FR = regex.compile(r"(?<![\w.,])(\d+)(?:er|re|e|ème|eme)\b", _F)
@@ -423,7 +424,7 @@ def _say_numbers(text: str, nums: _Numbers) -> str:
     sub(_PERCENT, percent)
     sub(_ISO_DATE, iso_date)
     sub(_DMY_DATE, dmy_date)
-    sub(_TIME, time)
+    sub(_TIME_EN if base == "en" else _TIME, time)
     if base == "en":
         sub(_TIME_AMPM, time_ampm)
         sub(_MONTH_DAY_EN, month_day)
@@ -512,13 +513,11 @@ class SpeechShaper(Middleware):
         if self.markdown and (in_code or "```" in text or "~~~" in text):
             pieces = []
             pos = 0
-            said_code = False
             for m in _FENCE.finditer(text):
                 if not in_code:
                     pieces.append(text[pos:m.start()])
-                elif not said_code and self.code_text:
-                    pieces.append(f" {self.code_text} ")
-                    said_code = True
+                    if self.code_text:  # said where the block starts
+                        pieces.append(f" {self.code_text} ")
                 in_code = not in_code
                 # The language tag after an opening fence ("```python") is code too.
                 pos = m.end()

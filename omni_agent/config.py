@@ -162,13 +162,19 @@ def build_talker(section: BackendSection | None) -> Any:
     return build_component(cls, _extras(section, "backend"), "talker")
 
 
+def _is_middleware(obj: Any) -> bool:
+    from .bus import Middleware
+
+    return isinstance(obj, Middleware)
+
+
 def build_middleware(sections: list[MiddlewareSection]) -> list[Any]:
     out = []
     for i, sec in enumerate(sections):
         target = resolve(sec.use, MIDDLEWARE, "middleware")
         opts = _extras(sec, "use")
-        if callable(target) and not isinstance(target, type) and not opts:
-            out.append(target)  # a plain function: an utterance hook (or a ready instance)
+        if not opts and not isinstance(target, type) and (callable(target) or _is_middleware(target)):
+            out.append(target)  # a plain function (an utterance hook) or a ready instance (@hook)
         else:
             out.append(build_component(target, opts, f"middleware[{i}] ({sec.use})"))
     return out

@@ -255,3 +255,12 @@ def test_the_trace_records_how_long_the_display_hold_lasted():
     r = agent.ask("?")
     assert r.trace.holds.get("pii", 0) > 0
     assert any(i.point == "stream" and i.action == "redact" for i in r.trace.interventions)
+
+
+def test_with_display_filtering_a_blocked_kind_still_blocks_its_clause():
+    talker = RecordingTalker()
+    agent = Agent(thinker=ScriptedThinker([["Ok. My card is 4111 1111 ", "1111 1111. Bye."]]), talker=talker,
+                  middleware=[PIIRedactor(display=True, actions={"card": "block"})], fallback="No cards.")
+    r = agent.ask("?")
+    assert talker.spoken == ["Ok.", "No cards.", "Bye."]
+    assert "4111" not in r.text
