@@ -285,3 +285,26 @@ def test_the_embedded_thinker_answers_from_the_docs_and_ignores_the_injection(st
         assert "Hob Tennick" in ferry.text and "PWNED" not in ferry.text
     finally:
         agent.close()
+
+
+@pytest.mark.slow
+def test_chat_cli_answers_from_ingested_docs_with_the_citation_in_the_trace(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "omni-agent"
+    env = {**os.environ, "OMNI_AGENT_HOME": str(tmp_path)}
+    env.pop("OMNI_AGENT_CHROMA_URL", None)
+    done = subprocess.run([str(exe), "ingest", str(EXAMPLE_DOCS), "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\nsystem_prompt = "You are a helpful assistant. Answer in one or two short '
+                      'sentences."\n[thinker]\nbackend = "transformers"\n[generation]\nmax_tokens = 48\n'
+                      '[[middleware]]\nuse = "rag"\n')
+    out = subprocess.run([str(exe), "chat", "-p", QUESTION, "--config", str(config)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "9:40" in out.stdout
+    assert "zorblax-museum.md" in out.stderr  # the citation, in the printed trace
