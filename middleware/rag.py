@@ -26,7 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext
-from omni_agent.events import Context, Event, ToolCall, UserTurn, Utterance
+from omni_agent.events import Context, ErrorEvent, Event, ToolCall, UserTurn, Utterance
 from omni_agent.memory.paths import DEFAULT_COLLECTION, default_data_dir
 
 if TYPE_CHECKING:
@@ -168,6 +168,15 @@ class RAG(Middleware):
         self.cite_in_display = cite_in_display
         self.drop_suspicious = drop_suspicious
 
+    def warm_up(self, agent: Any = None) -> bool:
+        """Load the embedding model now rather than on the first turn (``Agent.warm_up``
+        calls this). Returns True when something was loaded."""
+        load = getattr(getattr(self.retriever, "embedding", None), "load", None)
+        if not callable(load):
+            return False
+        load()
+        return True
+
     async def retrieve(self, query: str) -> list[Passage]:
         """The top ``k`` passages for ``query`` (no threshold applied), best first."""
         return await self._source(query, self.k)
@@ -177,7 +186,17 @@ class RAG(Middleware):
         if not query:
             return turn
         t0 = perf_counter()
-        passages = await self.retrieve(query)
+        try:
+            passages = await self.retrieve(query)
+        except Exception as e:  # noqa: BLE001 - a failed lookup must not cost the user the turn
+            # Fail open: retrieval only adds information, so the turn goes on without it.
+            msg = f"{type(e).__name__}: {e}"
+            ctx.trace.record(self.label, "input", "error", None, None,
+                             f"retrieval failed, the turn goes on without documents ({msg})")
+            ctx.trace.error(f"middleware:{self.label}", msg)
+            ctx.emit(ErrorEvent(message=f"document retrieval failed ({msg}); answering without "
+                                "documents", stage=f"middleware:{self.label}"))
+            return turn
         ctx.trace.add_time(f"rag:{self.label}", perf_counter() - t0)
         used = [p for p in passages if p.score is None or p.score >= self.min_score]
         if not used:

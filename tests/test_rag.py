@@ -144,6 +144,27 @@ def test_metadata_filter_limits_what_rag_retrieves(store):
     assert {c["name"] for c in result.trace.citations} == {"krindle-tea.md"}
 
 
+def test_a_retrieval_failure_costs_the_documents_not_the_turn(tmp_path):
+    server = ChromaServer(tmp_path / "srv").start()
+    try:
+        mem = VectorMemory("docs", url=server.url)
+        mem.upsert(["The Zorblax Museum opens at 9:40 am."])
+    finally:
+        server.stop()
+    thinker = ScriptedThinker("I don't know.")
+    result = Agent(thinker=thinker, middleware=[RAG(mem)]).session().ask(QUESTION)
+    assert result.reason == "completed" and result.text == "I don't know."
+    assert "not reachable" in result.errors[0].message
+    assert any(iv.action == "error" and "goes on without documents" in iv.reason
+               for iv in result.trace.interventions)
+
+
+def test_warm_up_loads_the_embedding_model(store):
+    rag = RAG(VectorMemory("docs", data_dir=store, create=False))
+    assert rag.warm_up() is True
+    assert RAG(lambda q, k: []).warm_up() is False
+
+
 def test_rag_on_a_missing_collection_is_a_clear_error(tmp_path):
     with pytest.raises(VectorStoreError, match="omni-agent ingest"):
         RAG(data_dir=tmp_path / "empty")
