@@ -158,6 +158,10 @@ class VectorMemory:
         if d.exists() and not d.is_dir():
             raise VectorStoreError(f"the vector memory path {d} is a file, not a directory: "
                                    "pass another --data-dir")
+        if not create and d.is_dir() and not (d / "chroma.sqlite3").is_file():
+            raise VectorStoreError(
+                f"no vector memory at {d} (the directory holds no Chroma store): ingest documents "
+                "first (`omni-agent ingest PATH`) or pass the right --data-dir / OMNI_AGENT_HOME")
         if not d.is_dir():
             if not create:
                 raise VectorStoreError(

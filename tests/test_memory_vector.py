@@ -135,6 +135,18 @@ def test_missing_data_dir_is_a_clear_error_and_is_not_created(tmp_path):
     assert not missing.exists()
 
 
+def test_reading_an_empty_directory_does_not_turn_it_into_a_store(tmp_path):
+    with pytest.raises(VectorStoreError, match="holds no Chroma store"):
+        VectorMemory("docs", data_dir=tmp_path, create=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_store_is_a_clear_error(tmp_path):
+    (tmp_path / "chroma.sqlite3").write_bytes(b"\x13garbage" * 600)
+    with pytest.raises(VectorStoreError, match="cannot open the vector memory.*move it aside"):
+        VectorMemory("docs", data_dir=tmp_path, create=False)
+
+
 def test_data_dir_that_is_a_file_is_a_clear_error(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
