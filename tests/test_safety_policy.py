@@ -159,3 +159,24 @@ def test_thinker_judge_asks_the_thinker_and_reads_its_verdict():
 def test_moderation_needs_a_callable():
     with pytest.raises(ConfigError):
         Moderation(42)
+
+
+@pytest.mark.slow
+def test_thinker_judge_runs_on_the_embedded_model_and_every_clause_gets_a_verdict():
+    from omni_agent.thinkers.transformers import TransformersThinker
+
+    judge = ThinkerJudge(TransformersThinker.default(), policy="Block insults.", max_tokens=8)
+    talker = RecordingTalker()
+    r = Agent(thinker=ScriptedThinker([["The weather is nice today. ", "You are an idiot."]]), talker=talker,
+              middleware=[Moderation(judge, timeout=60)], fallback="Let's talk about something else.").ask("hi")
+    # Each clause was either approved as written or blocked with the judge's reason; a
+    # reply the judge could not read blocks (fail-closed). Nothing else reaches the Talker.
+    assert len(talker.spoken) == 2
+    for said, seg in zip(talker.spoken, r.trace.segments):
+        if seg.status == "blocked":
+            assert said == "Let's talk about something else."
+        else:
+            assert said == seg.original
+    blocks = [i for i in r.trace.interventions if i.action == "block"]
+    assert all(i.reason.startswith("judge") for i in blocks)
+    assert not [i for i in r.trace.interventions if i.action in ("error", "timeout")]
