@@ -208,7 +208,8 @@ class LiveConfig:
     * ``threshold`` — VAD probability that counts as speech.
     * ``max_turn_seconds`` — longest user turn (at most 40 minutes).
     * ``playback_wait_ms`` — after a barge-in, how long the next turn waits for the client
-      to report how much of the reply it played (so memory is cut first).
+      to report how much of the reply it played (so memory is cut first). Only clients
+      that have sent a playback report before are waited for.
     """
 
     sample_rate: int = 16000
@@ -413,6 +414,7 @@ class LiveSession:
         self._barge_t: float | None = None
         self._playback_reported = asyncio.Event()
         self._playback_reported.set()
+        self._client_reports_playback = False  # waited for only once a client has sent one
         self._closed = False
         #: Measured barge-in cancel latencies, seconds (detection -> all cancelled).
         self.cancel_latencies: list[float] = []
@@ -594,7 +596,8 @@ class LiveSession:
         turn_id = reply.turn_id if reply is not None else self.session.turn_id
         if reply is not None:
             reply.barged = True
-            self._playback_reported.clear()
+            if self._client_reports_playback:
+                self._playback_reported.clear()  # the next turn waits (briefly) for its report
         if busy and not self.session.interrupt(reason):
             # Still before the agent's turn proper (ASR, waiting): cancel our task itself.
             assert self._turn_task is not None
@@ -610,6 +613,7 @@ class LiveSession:
     def report_playback(self, turn_id: int, played_ms: float, final: bool = True) -> None:
         """The client played ``played_ms`` of turn ``turn_id``'s audio. ``final``: it has
         stopped playing it (after a barge-in); memory is then cut to what was heard."""
+        self._client_reports_playback = True
         reply = self._reply
         if reply is None or reply.turn_id != turn_id or played_ms < 0:
             return

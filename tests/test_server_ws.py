@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from omni_agent.agent import Agent
 from omni_agent.live import EnergyVAD
-from omni_agent.server.agent_server import AgentServer, ServerConfig
+from omni_agent.server.agent_server import AgentServer, ServerConfig, parse_audio_frame
 from omni_agent.testing import RecordingTalker, ScriptedThinker
 
 SR = 16000
@@ -64,28 +64,25 @@ def make_server(thinker=None, talker=None, ears=None, **cfg) -> AgentServer:
 
 
 class Client:
-    """A protocol client: keeps every JSON message and pairs binary frames with headers."""
+    """A protocol client: keeps every message; binary audio frames are parsed into an
+    ``audio_chunk`` message and their PCM kept in ``audio``."""
 
     def __init__(self, ws):
         self.ws = ws
         self.msgs: list[dict] = []
         self.audio: list[tuple[dict, bytes]] = []
-        self._head: dict | None = None
 
     async def next(self, timeout: float = 5.0) -> dict:
-        while True:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
-            if isinstance(raw, bytes):
-                assert self._head is not None, "a binary frame came without its audio_chunk header"
-                self.audio.append((self._head, raw))
-                self._head = None
-                continue
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        if isinstance(raw, bytes):
+            m = parse_audio_frame(raw)
+            self.audio.append((m, m.pop("pcm")))
+            m["type"] = "audio_chunk"
+        else:
             m = json.loads(raw)
-            m["_t"] = monotonic()
-            self.msgs.append(m)
-            if m["type"] == "audio_chunk" and "data" not in m:
-                self._head = m
-            return m
+        m["_t"] = monotonic()
+        self.msgs.append(m)
+        return m
 
     async def until(self, kind: str, timeout: float = 5.0) -> dict:
         deadline = monotonic() + timeout
@@ -112,7 +109,7 @@ def ws_url(url: str, **q) -> str:
 # --------------------------------------------------------------------------- turns
 
 
-async def test_text_turn_streams_events_and_binary_audio_after_each_header():
+async def test_text_turn_streams_events_and_binary_audio_frames():
     async with make_server().running() as url, connect(ws_url(url)) as ws:
         c = Client(ws)
         ready = await c.next()
@@ -123,8 +120,11 @@ async def test_text_turn_streams_events_and_binary_audio_after_each_header():
     assert end["text"] == "Hello there. How are you?" and end["reason"] == "completed"
     kinds = [m["type"] for m in c.msgs]
     assert kinds.index("user_turn") < kinds.index("utterance") < kinds.index("audio_chunk") < kinds.index("turn_end")
-    assert c.audio and all(h["bytes"] == len(pcm) for h, pcm in c.audio)
+    assert c.audio and all(h["turn_id"] == 1 and h["sample_rate"] == 16000 for h, _ in c.audio)
     assert [h["seq"] for h, _ in c.audio] == list(range(1, len(c.audio) + 1))
+    assert [h["utterance_index"] for h, _ in c.audio if h["final"]] == [0, 1]
+    # The audio is the Talker's, byte for byte: RecordingTalker's tone for both clauses.
+    assert sum(len(p) for _, p in c.audio) == 2 * int(0.01 * 16000) * (12 + 12)
     lat = next(m for m in c.msgs if m["type"] == "latency")
     assert lat["first_audio_ms"] is not None and lat["first_audio_ms"] < 1000
 

@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import secrets
+import struct
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from time import monotonic
@@ -50,7 +51,7 @@ from ..errors import AudioInputError, ConfigError, OmniAgentError, UnsupportedIn
 from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
 from ..live import MAX_AUDIO_SECONDS, LiveConfig, LiveSession, VAD
 
-__all__ = ["AgentServer", "ServerConfig", "STATIC_DIR"]
+__all__ = ["AgentServer", "ServerConfig", "STATIC_DIR", "audio_frame", "parse_audio_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,21 @@ class AgentServer:
         )
 
     # ------------------------------------------------------------------ running
+
+    async def warm_up(self) -> dict[str, float]:
+        """Load the agent's models and the VAD now, not on the first request. Returns
+        seconds per part loaded."""
+        loaded: dict[str, float] = {}
+        warm = getattr(self.agent, "warm_up", None)
+        if warm is not None:
+            loaded.update(await warm())
+        if self._vad is None:
+            from ..live import default_vad
+
+            t0 = monotonic()
+            self._vad = await asyncio.to_thread(default_vad)
+            loaded["vad"] = monotonic() - t0
+        return loaded
 
     def uvicorn_config(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> Any:
         """A uvicorn Config for this app with the server's limits applied."""
@@ -732,15 +748,18 @@ class AgentServer:
                 continue
             if type(msg) is AudioChunk:
                 conn.seq += 1
-                head = {"type": "audio_chunk", "turn_id": msg.turn_id, "utterance_index": msg.utterance_index,
-                        "sample_rate": msg.sample_rate, "bytes": len(msg.pcm), "final": msg.final,
-                        "seq": conn.seq}
                 if conn.binary_audio:
-                    await ws.send_text(json.dumps(head))
-                    await ws.send_bytes(msg.pcm)
+                    # One frame per chunk: a 16-byte header, then the PCM (docs/protocol.md).
+                    await ws.send_bytes(audio_frame(msg, conn.seq))
+                    # Let other sessions run between chunks: under load every session's
+                    # first audio goes out before anyone's tenth chunk.
+                    await asyncio.sleep(0)
                 else:
-                    head["data"] = base64.b64encode(msg.pcm).decode("ascii")
-                    await ws.send_text(json.dumps(head))
+                    await ws.send_text(json.dumps({
+                        "type": "audio_chunk", "turn_id": msg.turn_id,
+                        "utterance_index": msg.utterance_index, "sample_rate": msg.sample_rate,
+                        "bytes": len(msg.pcm), "final": msg.final, "seq": conn.seq,
+                        "data": base64.b64encode(msg.pcm).decode("ascii")}))
                 continue
             d = event_to_dict(msg)
             if type(msg) is UserTurn:
@@ -750,6 +769,24 @@ class AgentServer:
             elif type(msg) is ErrorEvent:
                 m.errors.labels(msg.stage or "unknown").inc()
             await ws.send_text(json.dumps(d, ensure_ascii=False))
+
+
+#: The header of a binary audio frame: turn_id, seq, sample_rate (uint32), utterance_index
+#: (uint16), flags (uint8: bit 0 = last chunk of its utterance), reserved (uint8); little-endian.
+AUDIO_HEADER = struct.Struct("<IIIHBB")
+
+
+def audio_frame(chunk: AudioChunk, seq: int) -> bytes:
+    """A server-to-client binary audio frame: 16-byte header + int16 PCM."""
+    return AUDIO_HEADER.pack(chunk.turn_id, seq, chunk.sample_rate, chunk.utterance_index & 0xFFFF,
+                             1 if chunk.final else 0, 0) + chunk.pcm
+
+
+def parse_audio_frame(frame: bytes) -> dict[str, Any]:
+    """Read a binary audio frame back (for Python clients and tests)."""
+    turn_id, seq, rate, index, flags, _ = AUDIO_HEADER.unpack_from(frame)
+    return {"turn_id": turn_id, "seq": seq, "sample_rate": rate, "utterance_index": index,
+            "final": bool(flags & 1), "pcm": frame[AUDIO_HEADER.size:]}
 
 
 class _BadMessage(OmniAgentError):

@@ -17,7 +17,6 @@ const state = window.omni = {
 let ws = null;
 let micCtx = null, micStream = null, micNode = null;
 let playCtx = null, playHead = 0;
-let pendingHead = null;           // audio_chunk header waiting for its binary frame
 const turns = new Map();          // turn_id -> per-turn view and playback state
 let pendingTurnEl = null;         // an article created on speech_started, before user_turn
 let speechStoppedAt = null;       // performance.now() when the server saw the user stop
@@ -259,9 +258,12 @@ function connect(sampleRate) {
 
 function onMessage(data) {
   if (typeof data !== 'string') {
-    const head = pendingHead;
-    pendingHead = null;
-    if (head) playChunk(head, data);
+    // A binary frame is one chunk of reply audio: a 16-byte header, then int16 PCM.
+    const v = new DataView(data);
+    const head = {turn_id: v.getUint32(0, true), seq: v.getUint32(4, true), sample_rate: v.getUint32(8, true),
+                  utterance_index: v.getUint16(12, true), final: (v.getUint8(14) & 1) === 1};
+    state.events.push('audio_chunk');
+    playChunk(head, data.slice(16));
     return null;
   }
   const m = JSON.parse(data);
@@ -294,16 +296,13 @@ function onMessage(data) {
     }
     case 'text_delta': { const t = turn(m.turn_id); t.deltas += m.text; renderAgent(t); break; }
     case 'utterance': { const t = turn(m.turn_id); t.utterances[m.index] = m.display ?? m.text; renderAgent(t); break; }
-    case 'audio_chunk':
-      if (m.data) {
-        const bin = atob(m.data);
-        const buf = new Uint8Array(bin.length);
-        for (let i = 0; i < bin.length; i++) buf[i] = bin.charCodeAt(i);
-        playChunk(m, buf.buffer);
-      } else {
-        pendingHead = m;
-      }
+    case 'audio_chunk': {  // base64 framing (?audio_out=base64)
+      const bin = atob(m.data);
+      const buf = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) buf[i] = bin.charCodeAt(i);
+      playChunk(m, buf.buffer);
       break;
+    }
     case 'stop_playback': stopPlayback(m.turn_id); break;
     case 'interruption': {
       state.interruptions.push(m);
@@ -346,7 +345,7 @@ async function start() {
     await connect(rate);
     $('stop').disabled = false;
     $('interrupt').disabled = false;
-    progressTimer = setInterval(reportProgress, 500);
+    progressTimer = setInterval(reportProgress, 250);
   } catch (e) {
     showError(`Could not start: ${e.name ? e.name + ': ' : ''}${e.message}`);
     state.errors.push({type: 'error', message: String(e)});
