@@ -36,13 +36,14 @@ too, so the original is kept nowhere.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import AsyncIterator, Iterable, Mapping
 
 import regex
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext
 from omni_agent.errors import Blocked, ConfigError
-from omni_agent.events import AudioPart, Event, TextDelta, TextPart, ToolCall, ToolResult, UserTurn, Utterance
+from omni_agent.events import (AudioPart, Event, ReasoningDelta, TextDelta, TextPart, ToolCall, ToolResult,
+                               UserTurn, Utterance)
 
 from ._scan import Finding, StreamHold, apply_findings, partial_start
 
@@ -551,24 +552,29 @@ class PIIRedactor(Middleware):
         return utt
 
     async def stream(self, events: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:
-        """Hold display text only while it could be the start of PII; redact what is found."""
+        """Hold display text only while it could be the start of PII; redact what is found.
+
+        Reasoning deltas (kept in ``trace.reasoning``) get the same treatment, with their
+        own hold, so redacted content does not survive in the trace's reasoning either."""
         hold = StreamHold(self.detector)
+        thought = StreamHold(self.detector)
         lang = ctx.lang
         label = self.label
         sid, tid = ctx.session_id, ctx.turn_id
 
-        def out(released: str, found: list[Finding]) -> TextDelta | None:
+        def out(released: str, found: list[Finding], kind: type = TextDelta) -> Event | None:
             if not released:
                 return None
             if found:
                 blocks = sum(1 for f in found if self.actions[f.kind] == "block")
-                if blocks:
+                if blocks and kind is TextDelta:
                     ctx.state["pii_stream_blocks"] = ctx.state.get("pii_stream_blocks", 0) + blocks
                 new = apply_findings(released, found, lambda f, s: self._replacement(f, s, False, lang))
                 ctx.trace.record(label, "stream", "redact", released, new,
-                                 ", ".join(sorted({f.kind for f in found})))
+                                 ", ".join(sorted({f.kind for f in found}))
+                                 + (" (reasoning)" if kind is ReasoningDelta else ""))
                 released = new
-            return TextDelta(released, session_id=sid, turn_id=tid)
+            return kind(released, session_id=sid, turn_id=tid)
 
         async for ev in events:
             t = type(ev)
@@ -577,14 +583,21 @@ class PIIRedactor(Middleware):
                 if d is not None:
                     yield d
                 continue
-            if t is RoundEnd or t is ToolCall or t is ToolResult or t is Utterance:
-                d = out(*hold.flush())
+            if t is ReasoningDelta:
+                d = out(*thought.feed(ev.text), ReasoningDelta)
                 if d is not None:
                     yield d
+                continue
+            if t is RoundEnd or t is ToolCall or t is ToolResult or t is Utterance:
+                for h, k in ((thought, ReasoningDelta), (hold, TextDelta)):
+                    d = out(*h.flush(), k)
+                    if d is not None:
+                        yield d
             yield ev
-        d = out(*hold.flush())
-        if d is not None:
-            yield d
+        for h, k in ((thought, ReasoningDelta), (hold, TextDelta)):
+            d = out(*h.flush(), k)
+            if d is not None:
+                yield d
 
     def on_input(self, turn: UserTurn, ctx: TurnContext) -> UserTurn:
         """Input rail: redact PII in the user's text (``block`` kinds refuse the turn)."""

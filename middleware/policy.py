@@ -24,7 +24,7 @@ import asyncio
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Literal
+from typing import Any, AsyncIterator, Callable, Iterable, Literal
 
 import regex
 

@@ -1,6 +1,7 @@
 """PII redaction: each kind and format, the actions, the channels, and streaming safety."""
 
 import asyncio
+import re
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -8,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from omni_agent.agent import Agent
 from omni_agent.bus import Bus, RoundEnd, TurnContext
 from omni_agent.errors import Blocked, ConfigError
-from omni_agent.events import TextDelta, UserTurn
+from omni_agent.events import TextDelta
 from omni_agent.middleware._scan import StreamHold
 from omni_agent.middleware.pii import PIIDetector, PIIRedactor, iban_ok, luhn_ok
 from omni_agent.testing import RecordingTalker, ScriptedThinker
@@ -235,7 +236,6 @@ def test_the_hold_never_holds_more_than_one_clause(text, points):
         hold.feed(piece)
         held = hold.held
         # A finished clause (sentence end, a space, then a word) is never held back.
-        import re
         assert re.search(r"[.!?;,]\s+[^\d\s+(]", held) is None, held
         assert len(held) <= 64, held
 

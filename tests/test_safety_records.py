@@ -98,3 +98,10 @@ def test_reasoning_is_kept_in_the_trace_not_in_display_speech_or_memory():
     assert r.trace.reasoning == "The user wants a joke."
     assert "joke" not in " ".join(talker.spoken) and "think" not in r.text
     assert "user wants" not in session.history[-1].text
+
+
+def test_with_display_filtering_pii_in_reasoning_stays_out_of_the_trace_too():
+    agent = Agent(thinker=ScriptedThinker([["<think>user gave 555-01", "99 earlier</think>", "Noted."]]),
+                  middleware=[MarkupGuard(), PIIRedactor(display=True)])
+    r = agent.ask("?")
+    assert r.trace.reasoning == "user gave [phone number] earlier"
