@@ -406,7 +406,7 @@ class LiveSession:
         self._turn_samples = 0
         self._ignoring = False  # speech heard while barge-in is off and the agent talks
         self._barged_this_speech = False
-        self._speech_end_at = 0.0
+        self._talking_at_start = False
         # turn state
         self._turn_task: asyncio.Task[Any] | None = None
         self._reply: _ReplyAudio | None = None
@@ -525,6 +525,7 @@ class LiveSession:
     def _start_speech(self) -> None:
         self.user_speaking = True
         self._silence_ms = 0.0
+        self._talking_at_start = self.agent_talking
         # Speech while the agent talks with barge-in off is not a turn: half duplex.
         self._ignoring = not self.config.barge_in and self.agent_talking
         if not self._ignoring:
@@ -543,7 +544,8 @@ class LiveSession:
 
     def _end_speech(self) -> None:
         self.user_speaking = False
-        ignored = self._ignoring
+        # Speech over the agent too short to interrupt it ("uh-huh", a cough) is no turn.
+        ignored = self._ignoring or (self._talking_at_start and not self._barged_this_speech)
         self._ignoring = False
         audio = self._turn_audio
         self._reset_speech()

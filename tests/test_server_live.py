@@ -255,16 +255,18 @@ async def test_barge_in_cancels_a_running_tool_within_100_ms():
     await out.close()
 
 
-async def test_speech_shorter_than_min_interrupt_does_not_interrupt():
-    agent = Agent(thinker=TimedThinker([[f"w{i} " for i in range(40)]]), talker=TimedTalker())
+async def test_speech_shorter_than_min_interrupt_neither_interrupts_nor_becomes_a_turn():
+    agent = Agent(thinker=TimedThinker([[f"w{i} " for i in range(40)]]), talker=TimedTalker(),
+                  ears=ScriptedEars("cough"))
     live, out = make_live(agent, min_interrupt_ms=400, min_speech_ms=100)
     live.submit_text("talk")
     await out.wait_for("audio_chunk")
-    await speak(live, tone(0.2) + silence(0.1))  # a cough
-    await asyncio.sleep(0.1)
+    await speak(live, tone(0.2) + silence(0.7))  # a cough
     assert "interruption" not in out.kinds()
     assert live.agent_busy
+    assert out.of("speech_stopped")[0]["ignored"] is True
     await out.close()
+    assert len(out.of("user_turn")) == 1, "the cough did not become a turn"
 
 
 async def test_with_barge_in_off_speech_during_the_reply_is_ignored():

@@ -280,6 +280,11 @@ function onMessage(data) {
       setVad('user', m.ignored ? 'you (ignored: barge-in off)' : 'you are speaking');
       break;
     case 'speech_stopped':
+      if (m.ignored) {  // too short to interrupt the agent, or barge-in is off: no turn
+        if (pendingTurnEl) { pendingTurnEl.remove(); pendingTurnEl = null; }
+        setVad(anyPlaying() ? 'agent' : 'idle', anyPlaying() ? 'agent speaking' : 'listening');
+        break;
+      }
       speechStoppedAt = performance.now();
       setVad('idle', 'thinking…');
       break;
