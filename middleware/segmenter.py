@@ -56,6 +56,21 @@ _DOTTED = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # U.S / e.g / a.m / Ph.D (la
 _LOWER_DOTTED_NEVER = frozenset({"e.g", "i.e", "E.g", "I.e", "viz", "c.f"})
 
 
+def _inside_number(buf: str, i: int) -> bool:
+    """Whether the space at ``buf[i]`` separates two groups of one number (a phone, card
+    or IBAN: "+44 20 7946", "DE89 3704", "GB29 NWBK 6016"): alphanumeric on both sides,
+    and digits in the group before or after it."""
+    if i + 1 >= len(buf):
+        return False
+    a, b = buf[i - 1], buf[i + 1]
+    if not ((a.isalnum() or a == ")") and (b.isalnum() or b in "(+")):
+        return False
+    j = buf.rfind(" ", max(0, i - 40), i)
+    k = buf.find(" ", i + 1, i + 41)
+    before, after = buf[j + 1:i], buf[i + 1:k if k >= 0 else len(buf)]
+    return any(c.isdigit() for c in before) or any(c.isdigit() for c in after)
+
+
 def _weight(s: str) -> int:
     """Length for the min/max rules: CJK characters count three."""
     return len(s) + 2 * len(_CJK.findall(s))
@@ -163,6 +178,14 @@ class Segmenter:
         while limit > 1 and _weight(buf[:limit]) > self.max_chars:
             limit -= max(1, (_weight(buf[:limit]) - self.max_chars) // 3)
         space = buf.rfind(" ", 0, limit)
+        # Not between the groups of one number ("+44 20 | 7946 0958", "4111 | 1111 ..."):
+        # safety middleware judge clause by clause, and half a phone number in each of
+        # two clauses is recognised in neither until the first half was spoken.
+        s = space
+        while s > 0 and _inside_number(buf, s):
+            s = buf.rfind(" ", 0, s)
+        if s > 0:
+            space = s
         return space + 1 if space > 0 else max(1, limit)
 
     def _decide(self, buf: str, p: int) -> tuple[str, int]:

@@ -152,3 +152,19 @@ def test_the_leak_check_itself_catches_a_leak():
     case = next(c for c in REDTEAM if c["kind"] == "phone")
     spoken, _ = _speak([case["text"]], kinds=["email"])  # phones not filtered: must leak
     assert leaks(case, spoken)
+
+
+def test_a_sentence_too_long_for_one_clause_is_never_cut_inside_its_pii():
+    # The segmenter cuts a sentence longer than max_chars (250) at a space: never between
+    # the groups of a number, so no half of a phone, card or IBAN is spoken first.
+    values = ["+44 20 7946 0958", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00",
+              "GB29 NWBK 6016 1331 9268 19", "01 23 45 67 89", "123 45 6789"]
+    failures = []
+    for v in values:
+        for pad in range(200, 262, 2):
+            text = ("word " * 60)[:pad] + f" call {v} and then some more words here."
+            case = {"text": text, "pii": v}
+            spoken, _ = _speak(list(text))
+            if leaks(case, spoken) or any(g in spoken for g in v.split() if any(c.isdigit() for c in g)):
+                failures.append((v, pad, spoken[-60:]))
+    assert failures == []
