@@ -105,3 +105,13 @@ def test_number_shaping_can_be_switched_off():
 def test_bad_numbers_option_is_a_config_error():
     with pytest.raises(ConfigError):
         SpeechShaper(numbers="sometimes")
+
+
+def test_the_talkers_language_is_used_when_nothing_else_says_it():
+    from omni_agent.talkers.espeak import EspeakTalker
+
+    talker = EspeakTalker(lang="de")  # the real multilingual Talker
+    r = Agent(thinker=ScriptedThinker([["Es kostet 3 € um 10:30."]]), talker=talker,
+              middleware=[SpeechShaper()]).ask("?")
+    assert [u.text for u in r.utterances] == ["Es kostet drei Euro um zehn Uhr dreißig."]
+    assert len(r.audio) > 0
