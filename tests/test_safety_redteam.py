@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from omni_agent.agent import Agent
@@ -168,3 +169,26 @@ def test_a_sentence_too_long_for_one_clause_is_never_cut_inside_its_pii():
             if leaks(case, spoken) or any(g in spoken for g in v.split() if any(c.isdigit() for c in g)):
                 failures.append((v, pad, spoken[-60:]))
     assert failures == []
+
+
+@pytest.mark.slow
+def test_real_voice_path_speaks_no_pii_as_heard_by_speech_recognition():
+    # The real Talker (Piper) speaks the filtered answer; the real ears (whisper) listen.
+    import asyncio
+
+    from omni_agent.ears import Ears
+    from omni_agent.events import AudioPart
+    from omni_agent.middleware.speech import SpeechShaper
+    from omni_agent.talkers.piper import PiperTalker
+
+    reply = ["<think>they want my details</think>Sure, call me at 555-01", "99 or mail jane.doe@exa",
+             "mple.com. ", "My card is 4111 1111 ", "1111 1111. ", '<tool_call>{"name": "f", "arguments": {}}</tool_call>']
+    r = Agent(thinker=ScriptedThinker([reply]), talker=PiperTalker(),
+              middleware=[MarkupGuard(), PIIRedactor(), SpeechShaper()]).ask("?")
+    heard = asyncio.run(Ears().transcribe(AudioPart(pcm=r.audio, sample_rate=r.sample_rate))).lower()
+    assert "phone number" in heard and "email address" in heard and "card number" in heard
+    assert not any(c.isdigit() for c in heard)
+    numbers = {"zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+    words = re.findall(r"[a-z]+", heard)
+    assert not any(all(w in numbers for w in words[i:i + 3]) for i in range(len(words) - 2)), heard
+    assert "jane" not in heard and "example" not in heard and "think" not in heard and "tool" not in heard
