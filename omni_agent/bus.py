@@ -78,6 +78,7 @@ class TurnContext:
         "_followup",
         "_contexts",
         "_emitted",
+        "_note",
         "interrupted",
     )
 
@@ -103,7 +104,14 @@ class TurnContext:
         self._followup: list[Message] = []
         self._contexts: list[Context] = []
         self._emitted: list[Event] = []
+        self._note = ""
         self.interrupted = False
+
+    def note(self, reason: str) -> None:
+        """Say why the current hook changed its item; the trace records it with the change.
+
+        ``ctx.note("phone number")`` then ``return changed_item``."""
+        self._note = reason
 
     def add_context(self, context: Context) -> None:
         """Give the Thinker extra context for this turn (RAG passages, notes)."""
@@ -303,21 +311,24 @@ class Bus:
                 raise asyncio.TimeoutError
         except Exception as e:  # noqa: BLE001 - a crashing middleware must not end the session
             return self._failed(h, item, ctx, point, e)
+        reason, ctx._note = ctx._note, ""
         if out is None:
-            ctx.trace.record(h.label, point, "drop", before, None)
+            ctx.trace.record(h.label, point, "drop", before, None, reason)
         else:
             after = _text_of(out)
             if after != before or type(out) is not type(item):
-                ctx.trace.record(h.label, point, "rewrite", before, after)
+                ctx.trace.record(h.label, point, "rewrite", before, after, reason)
         return out, False
 
     def _failed(self, h: _Hook, item: Any, ctx: TurnContext, point: str,
                 exc: BaseException) -> tuple[None, bool]:
         """Record why a hook did not pass its item; the item is blocked (fail-closed)."""
+        ctx._note = ""
         if isinstance(exc, Blocked):
             ctx.trace.record(h.label, point, "block", _text_of(item), None, exc.reason)
             if exc.fallback:
-                ctx.state.setdefault("_fallback", {})[id(item)] = exc.fallback
+                # read (and cleared) by whoever handles the block, right after this hook
+                ctx.state["_block_fallback"] = exc.fallback
         elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             ctx.trace.record(h.label, point, "timeout", _text_of(item), None,
                              f"over its time budget of {h.timeout}s: blocked (fail-closed)")
@@ -392,9 +403,11 @@ class Bus:
                         out, _ = self._failed(h, ev, ctx, "event", e)
                     else:
                         if out is None:
-                            ctx.trace.record(h.label, "event", "drop", before, None)
+                            ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
+                            ctx._note = ""
                         elif getattr(out, "text", None) != before:
-                            ctx.trace.record(h.label, "event", "rewrite", before, out.text)
+                            ctx.trace.record(h.label, "event", "rewrite", before, out.text, ctx._note)
+                            ctx._note = ""
                     ev = out
                     if ev is None:
                         break
@@ -422,7 +435,8 @@ class Bus:
                     pending_since[0] = monotonic()
                 yield ev
 
-        out = mw.stream(counted(), ctx)
+        upstream = counted()
+        out = mw.stream(upstream, ctx)
         try:
             async for ev in out:
                 since = pending_since[0]
@@ -447,3 +461,4 @@ class Bus:
             aclose = getattr(out, "aclose", None)
             if aclose is not None:
                 await aclose()
+            await upstream.aclose()  # also when the middleware crashed mid-stream

@@ -205,3 +205,17 @@ async def test_second_turn_while_one_runs_is_refused():
     with pytest.raises(OmniAgentError, match="already running"):
         await s.run("two").__anext__()
     await gen.aclose()
+
+
+def test_blocked_with_its_own_fallback_after_a_rewriting_hook_speaks_that_fallback():
+    @hook("utterance")
+    def rewrite(utt, ctx):
+        return Utterance(text=utt.text.upper(), index=utt.index)  # a new object
+
+    @hook("utterance")
+    def block(utt, ctx):
+        raise Blocked("no", fallback="Let's talk about something else.")
+
+    talker = RecordingTalker()
+    Agent(thinker=ScriptedThinker("Secret plans."), talker=talker, middleware=[rewrite, block]).ask("x")
+    assert talker.spoken == ["Let's talk about something else."]

@@ -163,3 +163,14 @@ async def test_keep_originals_off_keeps_the_before_text_out_of_the_trace():
 def test_unknown_hook_point_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown hook point"):
         hook("speech")
+
+
+async def test_a_hook_can_say_why_it_changed_an_item():
+    @hook("utterance")
+    def redact(utt, ctx):
+        ctx.note("phone number")
+        return Utterance(text="call [phone]")
+
+    ctx = TurnContext("s", 1)
+    await Bus([redact]).process_utterance(Utterance(text="call 555-0199"), ctx)
+    assert ctx.trace.interventions[-1].reason == "phone number"
