@@ -502,7 +502,8 @@ class Session:
 
     async def _refuse(self, ctx: TurnContext, blocker: Middleware | None) -> AsyncIterator[Event]:
         """The input rails blocked the user's turn: say the fallback line, run no Thinker."""
-        line = (blocker.fallback if blocker else None) or self.agent.fallback or ""
+        line = (ctx.state.pop("_block_fallback", None) or (blocker.fallback if blocker else None)
+                or self.agent.fallback or "")
         if line:
             utt = Utterance(text=line, display=line, fallback=True, session_id=self.id, turn_id=self.turn_id)
             ctx.trace.segments.append(Segment(0, None, line, line, "blocked", fallback=True,
@@ -591,6 +592,7 @@ class Session:
                 yield ev
                 continue
             original = ev.original if ev.original is not None else ev.text
+            ctx.state.pop("_block_fallback", None)
             out, blocker = await bus.process_utterance(ev, ctx)
             if ctx._emitted:
                 for e in ctx._emitted:
@@ -607,7 +609,7 @@ class Session:
             if blocker is None:  # dropped on purpose (nothing to say for this clause)
                 trace.segments.append(Segment(ev.index, keep, "", "", "dropped"))
                 continue
-            line = ctx.state.get("_fallback", {}).get(id(ev)) or blocker.fallback or agent.fallback
+            line = ctx.state.pop("_block_fallback", None) or blocker.fallback or agent.fallback
             trace.segments.append(Segment(ev.index, keep, line or "", line or "", "blocked", fallback=bool(line)))
             if line:
                 yield Utterance(text=line, display=line, index=ev.index, lang=ev.lang, fallback=True,
