@@ -650,6 +650,55 @@ def _model_arg(model: Any, device: str, dtype: str, threads: int | None, talker:
     return omni
 
 
+async def _from_worker(executor: concurrent.futures.Executor, make_items: Any,
+                       max_ahead: int = 8) -> AsyncIterator[Any]:
+    """Run the generator function ``make_items`` on ``executor``; yield its items here.
+
+    The worker runs ahead of the consumer (up to ``max_ahead`` items), so the model computes
+    the next token or chunk while the bus handles this one; each item costs one
+    ``call_soon_threadsafe``, not a round trip. Closing the consumer stops the worker
+    after its current item (barge-in), without waiting for it.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    slots = threading.Semaphore(max_ahead)
+    stop = threading.Event()
+
+    def send(kind: int, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            stop.set()
+
+    def work() -> None:
+        try:
+            items = make_items()
+            for item in items:
+                while not slots.acquire(timeout=0.05):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                send(0, item)
+            send(1, None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
+            send(2, e)
+
+    job = loop.run_in_executor(executor, work)
+    job.add_done_callback(lambda f: f.cancelled() or f.exception())
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == 1:
+                return
+            if kind == 2:
+                raise value
+            slots.release()
+            yield value
+    finally:
+        stop.set()
+
+
 # =========================================================================== Thinker
 
 
@@ -684,6 +733,10 @@ class _ThinkerRun:
         sup = sorted(set(suppress) - self.eos)
         if sup:
             procs.append(SuppressTokensLogitsProcessor(sup, device=dev))
+        if request.constraint is not None:  # e.g. schema-constrained tool calls
+            made = request.constraint(omni.tokenizer)
+            if made is not None:
+                procs.extend(made if isinstance(made, (list, tuple)) else [made])
         self.sample = s.temperature > 0
         if self.sample:
             procs.append(TemperatureLogitsWarper(s.temperature))
@@ -694,6 +747,7 @@ class _ThinkerRun:
         if self.sample and s.seed is not None:
             self.gen = torch.Generator(device=dev).manual_seed(int(s.seed))
         self.ids: list[int] = []
+        self.prompt_ids: list[int] = []
         self.text = ""
         self.cache: Any = None
         self.logits: Any = None
@@ -721,6 +775,7 @@ class _ThinkerRun:
         self.cache = out.cache
         self.logits = out.logits[:, -1, :].float()
         self.length = ids.shape[1]
+        self.prompt_ids = ids[0].tolist()
         if capture:
             self.prompt = _talker_prompt(self.omni, inp, out.hidden_states)
 
@@ -729,7 +784,8 @@ class _ThinkerRun:
         torch = self.torch
         tok = self.omni.tokenizer
         while not self.done:
-            ids_t = torch.tensor([self.ids], dtype=torch.long, device=self.logits.device)
+            # Processors see prompt + answer, as they do under transformers' generate().
+            ids_t = torch.tensor([self.prompt_ids + self.ids], dtype=torch.long, device=self.logits.device)
             scores = self.procs(ids_t, self.logits)
             if self.sample:
                 probs = torch.softmax(scores, dim=-1)
@@ -841,36 +897,40 @@ class Qwen3OmniThinker:
 
         omni = self.omni
         await omni.ensure_loaded()
-        loop = asyncio.get_running_loop()
-        ex = omni.executor("thinker")
+        suppressed = self._suppressed()
 
-        def start() -> _ThinkerRun:
-            run = _ThinkerRun(omni, request, self._suppressed())
-            run.prefill(capture=omni.has_talker)
+        def pieces() -> Iterable[str]:
+            # Runs on the Thinker's worker thread: prefill, then one piece of text per token.
+            try:
+                run = _ThinkerRun(omni, request, suppressed)
+                run.prefill(capture=omni.has_talker)
+            except OmniAgentError:
+                raise
+            except Exception as e:
+                raise ThinkerError(f"Qwen3-Omni Thinker failed on the prompt: {type(e).__name__}: {e}") from e
             if run.prompt is not None:
                 omni.remember_prompt(request.session_id, request.turn_id, run.prompt)
-            return run
+            while True:
+                try:
+                    piece = run.step()
+                except Exception as e:
+                    raise ThinkerError(f"Qwen3-Omni Thinker failed while generating: {type(e).__name__}: {e}") from e
+                if piece is None:
+                    return
+                yield piece
 
-        try:
-            run = await loop.run_in_executor(ex, start)
-        except OmniAgentError:
-            raise
-        except Exception as e:
-            raise ThinkerError(f"Qwen3-Omni Thinker failed on the prompt: {type(e).__name__}: {e}") from e
         parse_tools = bool(request.tools) and request.tool_choice != "none"
         router = _TextRouter(stop_strings=list(request.settings.stop), parse_tools=parse_tools)
-        while True:
-            try:
-                piece = await loop.run_in_executor(ex, run.step)
-            except Exception as e:
-                raise ThinkerError(f"Qwen3-Omni Thinker failed while generating: {type(e).__name__}: {e}") from e
-            if piece is None:
-                break
-            for ev in router.feed(piece):
-                ev.session_id, ev.turn_id = request.session_id, request.turn_id
-                yield ev
-            if router.done:
-                break
+        stream = _from_worker(omni.executor("thinker"), pieces)
+        try:
+            async for piece in stream:
+                for ev in router.feed(piece):
+                    ev.session_id, ev.turn_id = request.session_id, request.turn_id
+                    yield ev
+                if router.done:
+                    break
+        finally:
+            await stream.aclose()
         for ev in router.finish():
             ev.session_id, ev.turn_id = request.session_id, request.turn_id
             yield ev
@@ -1226,51 +1286,49 @@ class Qwen3OmniTalker:
             return
         omni = self.omni
         await omni.ensure_loaded()
-        loop = asyncio.get_running_loop()
-        ex = omni.executor("talker")
-        try:
-            run = await loop.run_in_executor(ex, self._start, text, utterance.session_id, utterance.turn_id)
-        except OmniAgentError:
-            raise
-        except Exception as e:
-            raise TalkerError(f"Qwen3-Omni Talker failed to start: {type(e).__name__}: {e}") from e
-        if run is None:
-            return
-        idx = utterance.index
-        if not self.stream_audio:
-            def whole() -> np.ndarray:
-                import torch
+        sid, tid, idx = utterance.session_id, utterance.turn_id, utterance.index
 
-                frames = []
-                while (c := run.next_frame()) is not None:
-                    frames.append(c)
-                if not frames:
-                    return np.zeros(0, np.float32)
-                with torch.inference_mode():
-                    wav = omni.model.code2wav.chunked_decode(torch.stack(frames, -1)[None], chunk_size=300,
-                                                             left_context_size=25)
-                return wav.float()[0, 0].cpu().numpy()
-
-            samples = await loop.run_in_executor(ex, whole)
-            if samples.size:
-                yield AudioChunk(pcm=float_to_pcm16(samples), sample_rate=SAMPLE_RATE, utterance_index=idx,
-                                 final=True)
-            return
-        gen = self._chunks(run)
-        sentinel = object()
-        while True:
+        def chunks() -> Iterable[tuple[np.ndarray, bool]]:
+            # Runs on the Talker's worker thread: prefill, then decoded chunks as frames come.
             try:
-                item = await loop.run_in_executor(ex, next, gen, sentinel)
+                run = self._start(text, sid, tid)
+            except OmniAgentError:
+                raise
+            except Exception as e:
+                raise TalkerError(f"Qwen3-Omni Talker failed to start: {type(e).__name__}: {e}") from e
+            if run is None:
+                return
+            try:
+                if self.stream_audio:
+                    yield from self._chunks(run)
+                else:
+                    yield self._whole(run), True
+            except OmniAgentError:
+                raise
             except Exception as e:
                 raise TalkerError(f"Qwen3-Omni Talker failed while speaking: {type(e).__name__}: {e}") from e
-            if item is sentinel:
-                return
-            samples, final = item
-            if samples.size or final:
-                yield AudioChunk(pcm=float_to_pcm16(samples), sample_rate=SAMPLE_RATE, utterance_index=idx,
-                                 final=final)
-            if final:
-                return
+
+        stream = _from_worker(omni.executor("talker"), chunks, max_ahead=4)
+        try:
+            async for samples, final in stream:
+                if samples.size or final:
+                    yield AudioChunk(pcm=float_to_pcm16(samples), sample_rate=SAMPLE_RATE, utterance_index=idx,
+                                     final=final)
+        finally:
+            await stream.aclose()
+
+    def _whole(self, run: _TalkerRun) -> np.ndarray:
+        import torch
+
+        frames = []
+        while (c := run.next_frame()) is not None:
+            frames.append(c)
+        if not frames:
+            return np.zeros(0, np.float32)
+        with torch.inference_mode():
+            wav = self.omni.model.code2wav.chunked_decode(torch.stack(frames, -1)[None], chunk_size=300,
+                                                          left_context_size=25)
+        return wav.float()[0, 0].cpu().numpy()
 
     async def aclose(self) -> None:
         return None
