@@ -42,10 +42,13 @@ class ScriptedEars:
 
 
 class SlowThinker(ScriptedThinker):
-    """Streams many short sentences slowly and notes when its stream is cancelled."""
+    """Streams many short sentences slowly (but answers "OK." at once to the words in
+    ``quick``) and notes when its stream is cancelled."""
 
-    def __init__(self, n: int = 60, delay: float = 0.05):
-        super().__init__([[f"This is sentence {i}. " for i in range(n)]], delay=delay, accepts=["text"])
+    def __init__(self, n: int = 60, delay: float = 0.05, quick: tuple[str, ...] = ("stop", "first", "second")):
+        long = [f"This is sentence {i}. " for i in range(n)]
+        super().__init__(lambda req: "OK." if req.messages[-1].text in quick else long,
+                         delay=delay, accepts=["text"])
         self.cancelled = 0
 
     async def stream(self, request):
@@ -58,6 +61,7 @@ class SlowThinker(ScriptedThinker):
 
 
 def make_server(thinker=None, talker=None, ears=None, **cfg) -> AgentServer:
+    cfg.setdefault("shutdown_grace", 0.5)  # tests that leave a turn running end quickly
     agent = Agent(thinker=thinker or ScriptedThinker("Hello there. How are you?", accepts=["text"]),
                   talker=talker or RecordingTalker(), ears=ears)
     return AgentServer(agent, ServerConfig(**cfg), vad=EnergyVAD())
@@ -397,6 +401,7 @@ async def test_a_slow_reading_client_does_not_delay_another_session():
             await f.send({"type": "text", "text": "hi"})
             await f.until("turn_end", timeout=10)
             assert monotonic() - t0 < 3.0
+            slow.transport.abort()  # a stuck client is dropped, not closed politely
 
 
 # --------------------------------------------------------------------------- shutdown
@@ -442,7 +447,7 @@ async def test_shutdown_cancels_a_live_turn_that_outlasts_the_grace_period():
 
 
 async def test_new_sessions_are_refused_while_draining():
-    thinker = SlowThinker(n=30, delay=0.1)
+    thinker = SlowThinker(n=10, delay=0.1)
     server = make_server(thinker, shutdown_grace=5)
     async with server.running() as url:
         ws = await connect(ws_url(url))

@@ -192,6 +192,7 @@ class AgentServer:
         self._in_use: set[str] = set()  # session ids with a turn running or a live socket
         self._http_turns = 0
         self._http_tasks: set[asyncio.Task[Any]] = set()
+        self._http_sessions: dict[str, Any] = {}  # session id -> Session with an HTTP turn running
         self.draining = False
         self._drained = False
         self.metrics = _Metrics(self)
@@ -309,10 +310,8 @@ class AgentServer:
             await c.live.aclose()
             with contextlib.suppress(Exception):
                 await c.ws.close(WS_GOING_AWAY, "server shutting down")
-        for sid in list(self._in_use):
-            s = self.agent._sessions.get(sid) if hasattr(self.agent, "_sessions") else None
-            if s is not None:
-                s.interrupt("server shutting down")
+        for s in list(self._http_sessions.values()):
+            s.interrupt("server shutting down")
         if self._http_tasks:
             await asyncio.gather(*self._http_tasks, return_exceptions=True)
         self._drained = True
@@ -454,7 +453,7 @@ class AgentServer:
         t0 = monotonic()
         first_audio: float | None = None
         try:
-            session = self.agent.session(sid)
+            session = self._http_sessions[sid] = self.agent.session(sid)
             events: list[Event] = []
             audio = bytearray()
             rate = None
@@ -483,6 +482,7 @@ class AgentServer:
             if task is not None:
                 self._http_tasks.discard(task)
             self._in_use.discard(sid)
+            self._http_sessions.pop(sid, None)
             self.agent.close_session(sid)  # the history stays: session_id continues it
         assert end is not None
         trace = session.last_trace.to_dict() if session.last_trace is not None else {}
