@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from omni_agent.errors import ConfigError, OmniAgentError
-from omni_agent.events import AudioPart, ImagePart, TextPart, VideoPart
+from omni_agent.events import AudioPart, TextPart
 from omni_agent.thinker import Message
 
 from .paths import default_home

@@ -94,6 +94,7 @@ def _make_retriever_class() -> type:
 
 
 _cls: type | None = None
+VectorMemoryRetriever: type  # made on first access by __getattr__ below
 
 
 def __getattr__(name: str) -> Any:
