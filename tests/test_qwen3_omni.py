@@ -334,17 +334,24 @@ async def test_an_undecodable_image_is_a_clear_error_and_the_session_goes_on(omn
     assert (await session.aask("and now?")).reason == "completed"
 
 
-# --------------------------------------------------------------------------- Thinker-only mode
+# --------------------------------------------------------------------------- loading from a directory
 
 
-def test_thinker_only_mode_never_builds_the_talker(tmp_path):
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The tiny model saved as a checkpoint directory (about 1.5 MB), and the model itself."""
+    path = tmp_path_factory.mktemp("qwen3-omni-tiny")
     full = tiny_qwen3_omni(talker=True)
-    full.model.save_pretrained(tmp_path)
-    full.tokenizer.save_pretrained(tmp_path)
-    full.feature_extractor.save_pretrained(tmp_path)
-    omni = Qwen3OmniModel(tmp_path, device="cpu")
-    thinker = Qwen3OmniThinker(omni)
-    text = asyncio.run(think(thinker, "hello"))
+    full.model.save_pretrained(path)
+    full.tokenizer.save_pretrained(path)
+    full.feature_extractor.save_pretrained(path)
+    return path, full
+
+
+def test_thinker_only_mode_never_builds_the_talker(saved):
+    path, _ = saved
+    omni = Qwen3OmniModel(path, device="cpu")
+    text = asyncio.run(think(Qwen3OmniThinker(omni), "hello"))
     assert isinstance(text, str)
     assert not omni.has_talker
     assert not hasattr(omni.model, "talker") and not hasattr(omni.model, "code2wav")
@@ -353,22 +360,38 @@ def test_thinker_only_mode_never_builds_the_talker(tmp_path):
         Qwen3OmniTalker(omni)
 
 
-def test_a_talker_asked_for_before_loading_loads_with_the_weights(tmp_path):
-    full = tiny_qwen3_omni(talker=True)
-    full.model.save_pretrained(tmp_path)
-    full.tokenizer.save_pretrained(tmp_path)
-    full.feature_extractor.save_pretrained(tmp_path)
-    thinker = Qwen3OmniThinker(str(tmp_path), device="cpu")
-    talker = Qwen3OmniTalker(str(tmp_path), device="cpu", do_sample=False, max_frames=6)
-    assert talker.omni is thinker.omni  # one model for both
-    asyncio.run(think(thinker, "hi"))
-    assert thinker.omni.has_talker
+def test_a_config_with_thinker_and_talker_on_one_path_loads_one_model_with_its_talker(saved):
+    path, full = saved
+    agent = Agent.from_config({
+        "generation": {"max_tokens": 4},
+        "thinker": {"backend": "qwen3-omni", "model": str(path), "device": "cpu"},
+        "talker": {"backend": "qwen3-omni", "model": str(path), "device": "cpu", "speaker": "Aiden",
+                   "do_sample": False, "max_frames": 6},
+    })
+    assert agent.talker.omni is agent.thinker.omni  # one model for both
+    result = agent.ask("hi")
+    assert result.reason == "completed" and result.audio and result.sample_rate == SAMPLE_RATE
     ref = full.model.talker.state_dict()
-    got = thinker.omni.model.talker.state_dict()
+    got = agent.thinker.omni.model.talker.state_dict()
     assert [k for k in ref if not torch.equal(ref[k], got[k])] == []  # the saved weights, not fresh ones
+    agent.close()
 
 
 def test_a_missing_model_directory_says_how_to_get_one(tmp_path):
     thinker = Qwen3OmniThinker(str(tmp_path / "nowhere"))
     with pytest.raises(Exception, match="huggingface-cli download"):
         thinker.omni.load()
+
+
+@pytest.mark.slow
+def test_the_example_runs_on_the_tiny_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "qwen3_omni.py"
+    out = tmp_path / "reply.wav"
+    proc = subprocess.run([sys.executable, str(example), "--tiny", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "spoken:" in proc.stdout and out.is_file() and out.stat().st_size > 44

@@ -415,7 +415,7 @@ class Qwen3OmniModel:
             out["input_features"] = feats["input_features"]
             out["feature_attention_mask"] = mask
             counts = [int(n) for n in _audio_token_counts(mask.sum(-1), thinker_cfg.audio_config.n_window)]
-            text = _expand(text, tok.audio_token, counts, "audio")
+            text = _expand(text, _special(tok, "audio_token", "<|audio_pad|>"), counts, "audio")
         if images:
             if self.image_processor is None:
                 raise UnsupportedInputError(
@@ -424,7 +424,8 @@ class Qwen3OmniModel:
             merge = thinker_cfg.vision_config.spatial_merge_size
             out["pixel_values"] = px["pixel_values"]
             out["image_grid_thw"] = px["image_grid_thw"]
-            text = _expand(text, tok.image_token, [int(g.prod()) // merge ** 2 for g in px["image_grid_thw"]],
+            text = _expand(text, _special(tok, "image_token", "<|image_pad|>"),
+                           [int(g.prod()) // merge ** 2 for g in px["image_grid_thw"]],
                            "image")
         if videos:
             vcfg = thinker_cfg.vision_config
@@ -437,7 +438,7 @@ class Qwen3OmniModel:
             out["pixel_values_videos"] = torch.from_numpy(np.concatenate(pixels))
             out["video_grid_thw"] = torch.tensor(grids, dtype=torch.long)
             out["video_second_per_grid"] = torch.tensor(seconds)
-            text = _expand(text, tok.video_token,
+            text = _expand(text, _special(tok, "video_token", "<|video_pad|>"),
                            [int(np.prod(g)) // vcfg.spatial_merge_size ** 2 for g in grids], "video")
         enc = tok(text, return_tensors="pt", add_special_tokens=False)
         out["input_ids"] = enc["input_ids"]
@@ -506,8 +507,8 @@ class Qwen3OmniModel:
 
 
 def _read_chat_template(path: str, tokenizer: Any) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.chat_template
+    # The processor's template (chat_template.jinja / .json) is the one that knows audio,
+    # image and video parts; the tokenizer's may be text-only.
     p = Path(path)
     if (p / "chat_template.jinja").is_file():
         return (p / "chat_template.jinja").read_text(encoding="utf-8")
@@ -515,7 +516,14 @@ def _read_chat_template(path: str, tokenizer: Any) -> str:
         data = json.loads((p / "chat_template.json").read_text(encoding="utf-8"))
         if isinstance(data, dict) and data.get("chat_template"):
             return data["chat_template"]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
     return _FALLBACK_TEMPLATE
+
+
+def _special(tok: Any, attr: str, default: str) -> str:
+    value = getattr(tok, attr, None)
+    return value if isinstance(value, str) and value else default
 
 
 def _audio_token_counts(feature_lengths: Any, n_window: int) -> Any:
