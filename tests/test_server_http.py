@@ -232,3 +232,44 @@ async def test_voice_turn_with_real_ears_transcribes_piper_speech():
     assert r.status_code == 200, r.text
     assert "weather" in r.json()["transcript"].lower() and "paris" in r.json()["transcript"].lower()
     assert "asr" in r.json()["trace"]["timings"]
+
+
+def test_serve_agent_command_serves_prints_the_page_address_and_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[thinker]\nbackend = "scripted"\nreplies = ["Hello from the command line."]\n'
+                   'accepts = ["text"]\n[talker]\nbackend = "recording"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from omni_agent.cli import main; main()",
+                             "serve", "agent", "--config", str(cfg),
+                             "--port", str(port), "--token", "tok"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/v1/turn", json={"text": "hi"}, headers={"Authorization": "Bearer tok"})
+        page = httpx.get(f"{url}/")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert r.json()["text"] == "Hello from the command line."
+    assert page.status_code == 200 and "omni-agent" in page.text
+    assert f"open http://127.0.0.1:{port}/?token=tok in a browser" in out
+    # uvicorn re-raises the signal once it has shut down, so the exit status says SIGTERM.
+    assert proc.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in out and "ERROR" not in out
