@@ -279,6 +279,23 @@ class ToolCalling(Middleware):
         # The hot path checks one character: the first of every opening tag.
         self._open_chars = "".join(sorted({f.open[0] for f in self.formats}))
 
+    def warm_up(self, agent: Any = None) -> bool:
+        """Load what the first routed turn would load (the router's embedding model, the
+        constrained decoder's view of the tokenizer). Returns True if anything was loaded."""
+        if self.router is None:
+            return False
+        registry = self.registry or getattr(agent, "tools", None) or ToolRegistry()
+        warm = getattr(self.router, "warm", None)
+        if callable(warm):
+            warm(registry)
+        thinker = getattr(agent, "thinker", None)
+        tok = getattr(thinker, "tokenizer", None) or getattr(thinker, "_tokenizer", None)
+        if self.constrain and tok is not None and len(registry):
+            from omni_agent.tools.constrained import ToolCallConstraint
+
+            ToolCallConstraint(registry, registry.names[:1])(tok)
+        return True
+
     # ------------------------------------------------------------------ helpers
 
     def _registry(self, ctx: TurnContext) -> ToolRegistry:
@@ -326,7 +343,8 @@ class ToolCalling(Middleware):
                 ctx.trace.error(f"middleware:{self.label}", f"router failed: {type(e).__name__}: {e}")
         parser = TextCallParser(self.formats) if self.formats else None
         open_chars = self._open_chars
-        single = open_chars if len(open_chars) == 1 else None
+        single = open_chars if len(self.formats) == 1 else None
+        open_tag = self.formats[0].open if single is not None else ""
         rounds = 0
         filler_said = False
         said: list[str] = []          # this round's text before its first call
@@ -341,11 +359,18 @@ class ToolCalling(Middleware):
             t = type(ev)
             if t is TextDelta:
                 text = ev.text
-                if plain and (text.find(single) < 0 if single is not None
-                              else not any(c in text for c in open_chars)):
-                    said.append(text)
-                    yield ev
-                    continue
+                if plain:
+                    if single is not None:
+                        # A '<' that neither opens a tag here nor may start one at the end
+                        # of this chunk is plain text too.
+                        k = text.rfind(single)
+                        clear = k < 0 or (open_tag not in text and not open_tag.startswith(text[k:]))
+                    else:
+                        clear = not any(c in text for c in open_chars)
+                    if clear:
+                        said.append(text)
+                        yield ev
+                        continue
                 pieces: list[Any] = parser.feed(text) if parser is not None else [text]
                 for p in pieces:
                     if type(p) is str:

@@ -234,6 +234,12 @@ class Agent:
                 t0 = monotonic()
                 await asyncio.to_thread(load)
                 loaded[role] = monotonic() - t0
+        for mw in self.middleware:  # middleware with models of their own (the tool router)
+            warm = getattr(mw, "warm_up", None)
+            if callable(warm):
+                t0 = monotonic()
+                if await asyncio.to_thread(warm, self):
+                    loaded[mw.label] = monotonic() - t0
         return loaded
 
     async def aclose(self) -> None:

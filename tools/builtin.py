@@ -14,8 +14,10 @@ import operator
 import re
 from datetime import datetime, timedelta, timezone as dt_timezone, tzinfo
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import Field
 
 from omni_agent.errors import ToolError
 
@@ -107,7 +109,10 @@ def resolve_timezone(name: str) -> tuple[tzinfo, str]:
             off = timedelta(hours=hours, minutes=minutes) * sign
             label = f"UTC{m.group(1)}{hours:02d}:{minutes:02d}"
             return dt_timezone(off, label), label
-        zone = full.get(k.replace(" ", "_")) or full.get(k) or _ALIASES.get(k) or city.get(k)
+        # Aliases and region zones first: "singapore" is Asia/Singapore, not the legacy
+        # top-level link of the same name.
+        zone = (_ALIASES.get(k) or ("/" not in k and city.get(k)) or full.get(k.replace(" ", "_"))
+                or full.get(k))
         if zone:
             try:
                 return ZoneInfo(zone), zone
@@ -119,6 +124,7 @@ def resolve_timezone(name: str) -> tuple[tzinfo, str]:
 
 @tool(examples=[("What time is it in Tokyo?", {"timezone": "Tokyo"}),
                 ("What's the time in New York right now?", {"timezone": "New York"}),
+                ("Do you know the current time in Rome?", {"timezone": "Rome"}),
                 ("What is the date today in London?", {"timezone": "London"})])
 def current_time(timezone: str = "UTC") -> str:
     """The current date and time in a time zone.
@@ -134,11 +140,13 @@ def current_time(timezone: str = "UTC") -> str:
     if given.islower():
         given = given.title()
     hour12 = now.strftime("%I:%M %p").lstrip("0")
-    when = f"It is {now:%H:%M} ({hour12}) on {now:%A}, {now.day} {now:%B %Y}"
+    date = f"{now:%A}, {now.day} {now:%B %Y}"
+    # The clock reading comes first: a small model answering from this copies its start.
     if zone == offset or zone == "UTC":  # a bare offset: nothing more to say about it
-        return f"{when} in {zone}."
+        return f"The time in {zone} is {now:%H:%M} ({hour12}) on {date}."
     place = given if given and given.lower() != zone.lower() else zone
-    return f"{when} in {place} ({zone + ', ' if place != zone else ''}{offset})."
+    return (f"The time in {place} is {now:%H:%M} ({hour12}) on {date} "
+            f"({zone + ', ' if place != zone else ''}{offset}).")
 
 
 # ---------------------------------------------------------------------------- calculator
@@ -173,6 +181,10 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "factorial": _factorial, "hypot": math.hypot, "gcd": math.gcd, "lcm": math.lcm,
 }
 _CONSTS = {"pi": math.pi, "e": math.e, "tau": math.tau, "inf": math.inf}
+# An expression starts with a number, a sign, a bracket or a word (sqrt, pi, "square
+# root of"): said in the schema, this keeps a small model under constrained decoding from
+# starting the string with junk.
+_EXPR_START = r"^[-+(0-9A-Za-z√π]"
 _MAX_BITS = 40_000  # ~12,000 digits: beyond that a result is useless and slow to make
 _MAX_LEN = 500
 
@@ -280,10 +292,11 @@ def _fmt(v: int | float) -> str:
     return str(v)
 
 
-@tool(examples=[("What is 17 times 23?", {"expression": "17 * 23"}),
-                ("Calculate 2 to the power of 10", {"expression": "2 ** 10"}),
-                ("What's the square root of 144?", {"expression": "sqrt(144)"})])
-def calculator(expression: str) -> str:
+@tool(examples=[("What is 12 times 31?", {"expression": "12 times 31"}),
+                ("What is 20% of 50?", {"expression": "20% of 50"}),
+                ("What's the square root of 81?", {"expression": "square root of 81"}),
+                ("Calculate (3 + 4) * 2", {"expression": "(3 + 4) * 2"})])
+def calculator(expression: Annotated[str, Field(pattern=_EXPR_START)]) -> str:
     """Evaluate an arithmetic expression exactly, e.g. "17 * 23" or "sqrt(2) / 3".
 
     Args:

@@ -58,13 +58,16 @@ def _ll_tokenizer(tokenizer: Any) -> Any:
 
 
 def _cap_strings(schema: Any, max_len: int) -> Any:
-    """Give every string without a length limit one, so a small model cannot ramble inside
-    a string value until it runs out of tokens."""
+    """Give every free string length limits: a small model must not ramble inside a string
+    until it runs out of tokens, nor leave it empty."""
     if isinstance(schema, dict):
         out = {k: _cap_strings(v, max_len) for k, v in schema.items()}
-        if out.get("type") == "string" and "maxLength" not in out and "enum" not in out \
-                and "const" not in out and "pattern" not in out and "format" not in out:
-            out["maxLength"] = max_len
+        if out.get("type") == "string" and "enum" not in out and "const" not in out \
+                and "format" not in out:
+            out.setdefault("maxLength", max_len)
+            # An empty string is never what a small model means (it "answers" by closing
+            # the quote at once).
+            out.setdefault("minLength", 1)
         return out
     if isinstance(schema, list):
         return [_cap_strings(v, max_len) for v in schema]

@@ -42,14 +42,14 @@ def tools_system_note(registry: ToolRegistry) -> str:
 def with_tool_examples(messages: list[Message], registry: ToolRegistry, *, focus: str | None = None,
                        per_tool: int = 2, limit: int = 8) -> list[Message]:
     """A copy of ``messages`` with the tool note in the system message and example
-    exchanges after it (all of ``focus``'s examples first, then ``per_tool`` of each
-    other tool's). The turn's own messages are not changed: this is for one request."""
+    exchanges after it (``per_tool`` of each other tool's, then all of ``focus``'s). The turn's own messages are not changed: this is for one request."""
     examples: list[tuple[str, str]] = []
-    order = sorted(registry, key=lambda t: t.name != focus)
+    # The focus tool's examples come last: nearest to the request, they count most.
+    order = sorted(registry, key=lambda t: t.name == focus)
     for t in order:
         for q, args in (t.examples if t.name == focus else t.examples[:per_tool]):
             examples.append((q, format_call(t.name, args)))
-    examples = examples[:limit]
+    examples = examples[-limit:]
     note = tools_system_note(registry)
     out: list[Message] = []
     i = 0

@@ -31,7 +31,7 @@ NO_TOOL_EXAMPLES: tuple[str, ...] = (
     "Tell me a joke", "Tell me a story", "Can you help me write an email?",
     "What is the capital of Italy?", "Who painted the Mona Lisa?",
     "What does photosynthesis mean?", "Explain what a time zone is",
-    "What's the weather like today?", "Will it rain in Paris tomorrow?",
+    "What's the weather like today?", "Will it rain tomorrow?",
     "Recommend a good movie", "How do I cook rice?",
 )
 
@@ -72,6 +72,12 @@ def minilm_embedder(model_path: str | None = None, threads: int | None = 1
 
                     if threads:
                         torch.set_num_threads(threads)
+                    try:  # a "Loading weights" bar per load is noise in a CLI
+                        from transformers.utils import logging as hf_logging
+
+                        hf_logging.disable_progress_bar()
+                    except ImportError:  # pragma: no cover - comes with sentence-transformers
+                        pass
                     try:
                         model = SentenceTransformer(path, device="cpu", local_files_only=True)
                     except OSError as e:
