@@ -149,6 +149,8 @@ class Qwen3OmniModel:
     weights. ``device`` is "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; ``dtype``
     "auto" (bfloat16 on GPU, float32 on CPU), "bfloat16", "float16" or "float32".
     ``threads`` sets torch's intra-op threads on CPU (1 is fastest on small machines).
+    ``device_map="auto"`` spreads the weights over several GPUs; ``attn_implementation``
+    (e.g. "flash_attention_2") is passed to transformers.
 
     The Thinker and the Talker each run on one worker thread of their own, so a turn's
     speech is synthesized while the Thinker is still writing.
@@ -159,7 +161,8 @@ class Qwen3OmniModel:
 
     def __init__(self, model: str | os.PathLike | None = None, *, talker: bool = False,
                  device: str = "auto", dtype: str = "auto", threads: int | None = 1,
-                 attn_implementation: str | None = None, video_fps: float = 2.0,
+                 attn_implementation: str | None = None, device_map: str | None = None,
+                 video_fps: float = 2.0,
                  max_video_frames: int = 32, video_max_pixels: int | None = None,
                  max_prompts: int = 32):
         self.path = str(model) if model is not None else None
@@ -168,6 +171,7 @@ class Qwen3OmniModel:
         self.dtype_name = dtype
         self.threads = threads
         self.attn_implementation = attn_implementation
+        self.device_map = device_map
         self.video_fps = video_fps
         self.max_video_frames = max_video_frames
         self.video_max_pixels = video_max_pixels
@@ -323,13 +327,15 @@ class Qwen3OmniModel:
         kw: dict[str, Any] = {"config": config, "dtype": dtype, "local_files_only": True}
         if self.attn_implementation:
             kw["attn_implementation"] = self.attn_implementation
-        if device.type == "cuda":
+        if self.device_map:  # e.g. "auto": spread over several GPUs (accelerate)
+            kw["device_map"] = self.device_map
+        elif device.type == "cuda":
             kw["device_map"] = str(device)
         try:
             model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(path, **kw).eval()
         except OSError as e:
             raise ModelNotFoundError(f"cannot load Qwen3-Omni weights from {path}: {e}") from e
-        if device.type != "cuda":
+        if device.type != "cuda" and not self.device_map:
             model.to(device)
         self.model = model
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -642,14 +648,14 @@ def _patchify_video(frames: np.ndarray, vcfg: Any, image_processor: Any,
     return np.ascontiguousarray(x.reshape(t * gh * gw, 3 * tp * p * p)), [t, gh, gw]
 
 
-def _model_arg(model: Any, device: str, dtype: str, threads: int | None, talker: bool) -> Qwen3OmniModel:
+def _model_arg(model: Any, talker: bool, **options: Any) -> Qwen3OmniModel:
+    """The shared model for a Thinker / Talker argument (a path, a model, or a Thinker)."""
     if isinstance(model, Qwen3OmniModel):
         omni = model
     elif isinstance(model, Qwen3OmniThinker):
         omni = model.omni
     elif model is None or isinstance(model, (str, os.PathLike)):
-        omni = Qwen3OmniModel.shared(model if model is not None else HUB_ID, device=device, dtype=dtype,
-                                     threads=threads)
+        omni = Qwen3OmniModel.shared(model if model is not None else HUB_ID, **options)
     else:
         raise ConfigError(f"model must be a path, a Qwen3OmniModel or a Qwen3OmniThinker, not "
                           f"{type(model).__name__}")
@@ -882,8 +888,10 @@ class Qwen3OmniThinker:
     accepts = frozenset({"text", "audio", "image", "video"})
 
     def __init__(self, model: str | os.PathLike | Qwen3OmniModel | None = None, *, device: str = "auto",
-                 dtype: str = "auto", threads: int | None = 1, talker: bool = False):
-        self.omni = _model_arg(model, device, dtype, threads, talker)
+                 dtype: str = "auto", threads: int | None = 1, talker: bool = False,
+                 device_map: str | None = None, attn_implementation: str | None = None):
+        self.omni = _model_arg(model, talker, device=device, dtype=dtype, threads=threads,
+                               device_map=device_map, attn_implementation=attn_implementation)
 
     def _suppressed(self) -> list[int]:
         # Tokens that never belong in an answer (media placeholders, Talker markers,
@@ -1190,10 +1198,12 @@ class Qwen3OmniTalker:
                  chunk_frames: int = 8, left_context_frames: int = 25, crossfade_ms: float = 5.0,
                  max_frames: int | None = None, do_sample: bool = True, temperature: float = 0.9,
                  top_k: int = 50, top_p: float = 1.0, repetition_penalty: float = 1.05,
-                 seed: int | None = None, device: str = "auto", dtype: str = "auto", threads: int | None = 1):
+                 seed: int | None = None, device: str = "auto", dtype: str = "auto", threads: int | None = 1,
+                 device_map: str | None = None, attn_implementation: str | None = None):
         if first_chunk_frames < 1 or chunk_frames < 1:
             raise ConfigError("first_chunk_frames and chunk_frames must be at least 1")
-        self.omni = _model_arg(model, device, dtype, threads, talker=True)
+        self.omni = _model_arg(model, True, device=device, dtype=dtype, threads=threads,
+                               device_map=device_map, attn_implementation=attn_implementation)
         self.speaker = speaker
         self.stream_audio = stream
         self.first_chunk_frames = first_chunk_frames
