@@ -243,7 +243,7 @@ class RAG(Middleware):
                 tool_round = True
             elif t is RoundEnd:
                 # A round that called tools (or asked for another round) is not the answer.
-                final = not tool_round and not getattr(ctx, "_followup", None)
+                final = not tool_round and not ctx.has_followup
                 tool_round = False
                 cites = ctx.state.get(self._key)
                 if final and cites and self.cite_in_display:

@@ -410,6 +410,7 @@ class Session:
             if talker is not None:
                 self._tasks.append(asyncio.ensure_future(self._talk(ctx, out, utt_q, talker)))
             display: list[str] = []
+            notes: list[str] = []
             pending = len(self._tasks)
             clause_mode = agent.display == "clause"
             interrupted = False
@@ -421,21 +422,24 @@ class Session:
                 if ev is _INTERRUPTED:
                     interrupted = True
                     break
-                if clause_mode:
-                    if type(ev) is Utterance and ev.display:
+                if type(ev) is Utterance:
+                    if not ev.text.strip() and ev.display:
+                        notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
+                    elif clause_mode and ev.display:
                         display.append(ev.display)
-                elif type(ev) is TextDelta:
+                elif type(ev) is TextDelta and not clause_mode:
                     display.append(ev.text)
                 yield ev
             await self._stop_tasks()
-            text = (" " if clause_mode else "").join(display).strip()
+            said = (" " if clause_mode else "").join(display).strip()
+            text = " ".join([said, *notes]).strip()
             if interrupted:
                 yield Interruption(reason=ctx.state.get("_interrupt_reason", "barge-in"),
                                    session_id=self.id, turn_id=self.turn_id)
             reason = "interrupted" if interrupted else ("error" if trace.errors and not text else "completed")
             self._finish_segments(trace, interrupted, talker is not None)
             spoken = trace.spoken_text if talker is not None else ""
-            remembered = text
+            remembered = said  # display-only notes (sources) are not part of the conversation
             if interrupted:
                 # Memory keeps what the user actually heard (or saw, for a text agent).
                 remembered = spoken if talker is not None else text
@@ -627,8 +631,8 @@ class Session:
         chain = self._approved(self._segmented(bus.process_stream(self._rounds(ctx), ctx), ctx), ctx)
         try:
             async for ev in chain:
-                if type(ev) is Utterance and utt_q is not None:
-                    await utt_q.put(ev)
+                if type(ev) is Utterance and utt_q is not None and ev.text.strip():
+                    await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
                 if type(ev) is ToolCall or type(ev) is ToolResult:
                     pass  # the tool middleware records calls and results in the trace
                 await out.put(ev)

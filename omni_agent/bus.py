@@ -128,6 +128,11 @@ class TurnContext:
         (an assistant message with tool calls and the tool results, typically)."""
         self._followup.extend(messages)
 
+    @property
+    def has_followup(self) -> bool:
+        """True when another Thinker round was asked for (so this round is not the last)."""
+        return bool(self._followup)
+
     def take_followup(self) -> list[Message]:
         out, self._followup = self._followup, []
         return out

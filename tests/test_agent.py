@@ -219,3 +219,22 @@ def test_blocked_with_its_own_fallback_after_a_rewriting_hook_speaks_that_fallba
     talker = RecordingTalker()
     Agent(thinker=ScriptedThinker("Secret plans."), talker=talker, middleware=[rewrite, block]).ask("x")
     assert talker.spoken == ["Let's talk about something else."]
+
+
+def test_display_only_utterances_are_shown_not_spoken_nor_remembered():
+    from omni_agent.bus import Middleware, RoundEnd
+
+    class Sources(Middleware):
+        async def stream(self, events, ctx):
+            async for ev in events:
+                yield ev
+                if isinstance(ev, RoundEnd):
+                    yield Utterance(text="", display="[Sources: a.md#1]")
+
+    talker = RecordingTalker()
+    agent = Agent(thinker=ScriptedThinker("It opens at nine."), talker=talker, middleware=[Sources()])
+    s = agent.session()
+    r = s.ask("when?")
+    assert talker.spoken == ["It opens at nine."]
+    assert r.text == "It opens at nine. [Sources: a.md#1]"
+    assert s.history[-1].text == "It opens at nine."

@@ -51,12 +51,21 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def default_config() -> dict[str, Any]:
-    """The embedded default agent: SmolLM2-135M-Instruct through transformers, on CPU."""
-    return {
+    """The embedded default agent: SmolLM2-135M-Instruct through transformers, on CPU,
+    with retrieval over the default collection once documents were ingested
+    (``omni-agent ingest PATH``)."""
+    from ..middleware.rag import default_rag_config
+
+    cfg: dict[str, Any] = {
         "agent": {"system_prompt": DEFAULT_SYSTEM_PROMPT},
         "thinker": {"backend": "transformers"},
         "generation": {"max_tokens": 96},
+        "middleware": [],
     }
+    rag = default_rag_config()
+    if rag is not None:
+        cfg["middleware"].append(rag)
+    return cfg
 
 
 def build_agent_from(config_path: str | None, **overrides: Any) -> Any:
@@ -105,8 +114,9 @@ async def print_turn(session: Any, turn: UserTurn, *, as_json: bool, show_trace:
         elif type(ev) is TextDelta and not clause_mode:
             out.write(ev.text)
             out.flush()
-        elif type(ev) is Utterance and clause_mode and ev.display:
-            out.write(("" if first_clause else " ") + ev.display)
+        elif type(ev) is Utterance and ev.display and (clause_mode or not ev.text.strip()):
+            # clause mode shows approved clauses; display-only lines (sources) show in both
+            out.write(("" if first_clause and clause_mode else " ") + ev.display)
             first_clause = False
             out.flush()
         elif isinstance(ev, ToolCall):
