@@ -1,9 +1,10 @@
-"""Built-in tools: the current time in a time zone, and a safe calculator.
+"""Built-in tools: the current time in a time zone, a safe calculator, and a search of
+the vector memory.
 
 ::
 
-    Agent(thinker=..., tools=[current_time, calculator])
-    # or in a config:  tools = ["current_time", "calculator"]
+    Agent(thinker=..., tools=[current_time, calculator, memory_search])
+    # or in a config:  tools = ["current_time", "calculator", "memory_search"]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ast
 import math
 import operator
 import re
+import threading
 from datetime import datetime, timedelta, timezone as dt_timezone, tzinfo
 from functools import lru_cache
 from typing import Annotated, Any, Callable
@@ -21,9 +23,10 @@ from pydantic import Field
 
 from omni_agent.errors import ToolError
 
-from .registry import tool
+from .registry import Tool, tool
 
-__all__ = ["current_time", "calculator", "resolve_timezone", "evaluate"]
+__all__ = ["current_time", "calculator", "memory_search", "memory_search_tool", "resolve_timezone",
+           "evaluate"]
 
 
 # ---------------------------------------------------------------------------- time
@@ -304,3 +307,65 @@ def calculator(expression: Annotated[str, Field(pattern=_EXPR_START)]) -> str:
     """
     value = evaluate(expression)
     return f"{expression.strip()} = {_fmt(value)}"
+
+
+# ---------------------------------------------------------------------------- memory search
+
+_memories: dict[tuple[str, str, str], Any] = {}
+_memories_lock = threading.Lock()
+
+
+def _open_memory(collection: str, data_dir: str | None, url: str | None) -> Any:
+    """The vector memory a search tool reads, opened once (and never created: a search
+    must not make an empty store where the user expected their documents)."""
+    from omni_agent.memory.vector import VectorMemory
+
+    key = (collection, str(data_dir or ""), url or "")
+    mem = _memories.get(key)
+    if mem is None:
+        with _memories_lock:
+            mem = _memories.get(key)
+            if mem is None:
+                mem = VectorMemory(collection, data_dir=data_dir, url=url, create=False)
+                _memories[key] = mem
+    return mem
+
+
+def memory_search_tool(memory: Any = None, *, collection: str | None = None,
+                       data_dir: str | None = None, url: str | None = None, k: int = 3,
+                       min_score: float | None = 0.2, name: str = "memory_search",
+                       description: str | None = None) -> Tool:
+    """A tool that searches a :class:`~omni_agent.memory.VectorMemory` by meaning.
+
+    Give the ``memory`` itself, or where it lives (``collection``, ``data_dir`` or a Chroma
+    ``url``; default: the collection ``omni-agent ingest`` fills). It returns the ``k`` best
+    passages with their sources; ``min_score`` drops weak matches. The built-in
+    ``memory_search`` is this with the defaults.
+    """
+    def search(query: str) -> str:
+        from omni_agent.memory.paths import DEFAULT_COLLECTION
+
+        try:
+            mem = memory if memory is not None else _open_memory(collection or DEFAULT_COLLECTION,
+                                                                 data_dir, url)
+            passages = mem.search(query, k, min_score=min_score)
+        except Exception as e:  # noqa: BLE001 - the store's own message says what to do
+            raise ToolError(f"memory search failed: {e}") from e
+        if not passages:
+            return f"No stored passage matches {query!r}."
+        return "\n".join(f"[{i}] ({p.label}) {p.text}" for i, p in enumerate(passages, 1))
+
+    search.__name__ = name
+    search.__doc__ = (description or
+                      "Search the stored documents and notes for passages about a topic.") + """
+
+    Args:
+        query: What to look for, in a few words.
+    """
+    return Tool(search, name=name, examples=[
+        ("What do my notes say about the museum opening hours?", {"query": "museum opening hours"}),
+        ("Search my documents for the refund policy", {"query": "refund policy"})])
+
+
+memory_search = memory_search_tool()
+"""The built-in memory search over the default collection (``omni-agent ingest`` fills it)."""
