@@ -98,8 +98,8 @@ function renderLatency(t, m) {
   add('end of turn → first audio sent', m.first_audio_ms);
   add('heard after', t.heardAfterMs);
   add('whole turn', m.turn_ms);
-  for (const [k, v] of Object.entries(st)) if (k.startsWith('utterance:')) add(k.slice(10) + ' (safety)', v);
-  t.el.querySelector('.latency').innerHTML = parts.join('');
+  for (const [k, v] of Object.entries(st)) if (k.startsWith('utterance:')) add(k.slice(10) + ' (middleware)', v);
+  t.el.querySelector('.latency').innerHTML = parts.join(' ');
 }
 
 // ------------------------------------------------------------------ audio out
