@@ -37,8 +37,8 @@ RATE = 22050  # the Piper voice's rate; Chromium's fake device resamples it
 
 def _require_browser() -> None:
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: apt-get install -y chromium chromium-driver")
+    if missing:  # setup.sh --dev installs them (as root); elsewhere say what is missing
+        pytest.skip(f"{', '.join(missing)} not found: apt-get install -y chromium chromium-driver")
 
 
 def speech(text: str) -> np.ndarray:
