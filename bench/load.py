@@ -59,7 +59,6 @@ class FastTalker:
 
 def serve(port_file: str) -> None:
     """The server process: scripted Thinker, fast Talker, silero VAD."""
-    import torch  # noqa: F401 - some backends import it; keep RSS comparable to a real server
 
     from omni_agent.agent import Agent
     from omni_agent.server.agent_server import AgentServer, ServerConfig

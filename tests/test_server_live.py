@@ -12,7 +12,7 @@ import pytest
 
 from omni_agent.agent import Agent
 from omni_agent.errors import ConfigError
-from omni_agent.events import AudioChunk, TextDelta, TurnEnd, UserTurn, Utterance
+from omni_agent.events import AudioChunk, TextDelta, Utterance
 from omni_agent.live import EnergyVAD, LiveConfig, LiveSession, heard_text
 from omni_agent.testing import RecordingTalker, ScriptedThinker
 from omni_agent.tools import tool

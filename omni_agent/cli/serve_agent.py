@@ -4,7 +4,6 @@ voice page at ``/``."""
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import click
