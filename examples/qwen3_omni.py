@@ -74,7 +74,8 @@ def build(args: argparse.Namespace) -> Agent:
         from omni_agent.thinkers.qwen3_omni_tiny import tiny_qwen3_omni
 
         omni = tiny_qwen3_omni()
-        talker = Qwen3OmniTalker(omni, speaker=args.speaker, max_frames=40)
+        talker = Qwen3OmniTalker(omni, speaker=args.speaker, max_frames=40, do_sample=False)  # random
+        # weights may sample the end-of-speech code at once; greedy always says something
     else:
         omni = Qwen3OmniModel(args.model, talker=True, device=args.device, dtype=args.dtype)
         talker = Qwen3OmniTalker(omni, speaker=args.speaker)

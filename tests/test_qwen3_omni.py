@@ -115,6 +115,16 @@ async def test_the_thinker_streams_the_same_text_as_generate(omni):
     assert text == ref_text
 
 
+async def test_leaving_the_thinkers_stream_stops_it_and_the_next_turn_runs(omni):
+    thinker = Qwen3OmniThinker(omni)
+    req = ThinkerRequest(messages=[Message("user", "hi")], settings=GenerationSettings(max_tokens=200))
+    stream = thinker.stream(req)
+    first = await stream.__anext__()
+    await stream.aclose()  # barge-in
+    assert isinstance(first, TextDelta)
+    assert await asyncio.wait_for(think(thinker, "again"), timeout=30)
+
+
 # --------------------------------------------------------------------------- audio + image prompt
 
 
@@ -296,6 +306,60 @@ async def test_ethan_chelsie_and_aiden_each_reach_the_talker_as_their_own_speake
 def test_an_unknown_speaker_is_a_config_error_naming_the_known_ones(omni):
     with pytest.raises(ConfigError, match="Ethan.*Chelsie.*Aiden"):
         Qwen3OmniTalker(omni, speaker="Zelda")
+
+
+# --------------------------------------------------------------------------- tools
+
+
+class ForceText:
+    """Makes the Thinker write a given text, then its end token (a decoding constraint)."""
+
+    def __init__(self, ids, eos):
+        self.ids, self.start = list(ids) + [eos], None
+
+    def __call__(self, input_ids, scores):
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        k = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[k]] = 0.0
+        return forced
+
+
+async def test_a_tool_call_written_by_the_thinker_runs_and_the_answer_after_it_is_spoken(omni):
+    from omni_agent.tools import tool
+
+    calls = []
+
+    @tool
+    def clock(city: str) -> str:
+        """The time in a city.
+
+        Args:
+            city: The city.
+        """
+        calls.append(city)
+        return "12:00"
+
+    script = ['<tool_call>\n{"name": "clock", "arguments": {"city": "Paris"}}\n</tool_call>', "It is noon."]
+    eos = omni.model.config.im_end_token_id
+    talker = greedy_talker(omni, max_frames=8)
+    agent = Agent(thinker=Qwen3OmniThinker(omni), talker=talker, tools=[clock],
+                  settings=GenerationSettings(max_tokens=80))
+
+    def build_request(ctx):  # the agent's request, with a decoding constraint per round
+        req = Agent.build_request(agent, ctx)
+        ids = omni.tokenizer(script[ctx.round], add_special_tokens=False)["input_ids"]
+        req.constraint = lambda tok: ForceText(ids, eos)
+        return req
+
+    agent.build_request = build_request
+    result = await agent.session("tools").aask("What time is it in Paris?")
+    assert calls == ["Paris"]
+    assert result.spoken == "It is noon." and result.audio
+    # The Talker spoke with the second round's prompt, which holds the tool result.
+    prompt = omni.recall_prompt("tools", 1)
+    assert "12:00" in omni.tokenizer.decode(prompt.user_ids[0])
 
 
 # --------------------------------------------------------------------------- more inputs, errors

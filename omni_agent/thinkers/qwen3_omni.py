@@ -1327,9 +1327,12 @@ class Qwen3OmniTalker:
                 raise TalkerError(f"Qwen3-Omni Talker failed while speaking: {type(e).__name__}: {e}") from e
 
         stream = _from_worker(omni.executor("talker"), chunks, max_ahead=4)
+        said = False
         try:
             async for samples, final in stream:
-                if samples.size or final:
+                # An empty chunk only matters as the end marker of audio already sent.
+                if samples.size or (final and said):
+                    said = True
                     yield AudioChunk(pcm=float_to_pcm16(samples), sample_rate=SAMPLE_RATE, utterance_index=idx,
                                      final=final)
         finally:
