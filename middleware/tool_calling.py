@@ -41,7 +41,6 @@ middleware: they are awaited, or cancelled when the turn is (barge-in), never le
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import re
@@ -306,13 +305,23 @@ class ToolCalling(Middleware):
 
     async def _route(self, ctx: TurnContext, registry: ToolRegistry) -> None:
         """Before the first round: let the router pick a tool and shape the request."""
-        user = next((m for m in reversed(ctx.messages) if m.role == "user"), None)
-        if user is None or not len(registry):
+        users = [m for m in ctx.messages if m.role == "user"]
+        if not users or not len(registry):
             return
+        user = users[-1]
+        earlier = users[-2].text if len(users) > 1 else None
         t0 = monotonic()
-        pick = await asyncio.to_thread(self.router.route, user.text, registry)
+        args: tuple[Any, ...] = (user.text, registry)
+        if len(inspect.signature(self.router.route).parameters) >= 3:
+            args += (earlier,)  # the previous request, for follow-ups ("And in Paris?")
+        pick = await asyncio.to_thread(self.router.route, *args)
         ctx.trace.add_time("tool_router", monotonic() - t0)
+        from omni_agent.tools.prompting import with_calls_as_text, with_tool_examples
+
         opts = ctx.state.setdefault("_next_request", {})
+        # Earlier turns' calls are shown as text: a small model's template cannot render
+        # tool_calls, and an empty assistant turn would confuse it.
+        opts["prompt"] = with_calls_as_text
         if pick is None:
             # The router speaks for the model: no tool fits, so none is offered.
             opts["tool_choice"] = "none"
@@ -328,9 +337,10 @@ class ToolCalling(Middleware):
 
             opts["constraint"] = ToolCallConstraint(registry, [name])
         if self.few_shot:
-            from omni_agent.tools.prompting import with_tool_examples
+            def prompt(messages: list[Message]) -> list[Message]:
+                return with_tool_examples(with_calls_as_text(messages), registry, focus=name)
 
-            opts["prompt"] = functools.partial(with_tool_examples, registry=registry, focus=name)
+            opts["prompt"] = prompt
 
     # ------------------------------------------------------------------ the stream
 

@@ -705,3 +705,15 @@ def test_registry_call_raises_tool_error_for_bad_arguments():
     reg = ToolRegistry([add])
     with pytest.raises(ToolError, match="b: missing"):
         asyncio.run(reg.call("add", '{"a": 1}'))
+
+
+def test_with_a_router_earlier_calls_are_shown_as_text_in_later_turns():
+    agent, thinker = make([call_text("add", {"a": 1, "b": 1}), "Two.", "Bye."],
+                          router=_PickRouter(("add", 0.9)))
+    s = agent.session()
+    s.ask("1+1")
+    agent.bus.middleware[0].router = _PickRouter(None)
+    s.ask("thanks")
+    history = thinker.requests[2].messages
+    shown = [m for m in history if m.role == "assistant" and "<tool_call>" in m.text]
+    assert shown and all(not m.tool_calls for m in history)

@@ -184,6 +184,20 @@ def test_router_picks_the_tool_from_the_meaning_of_the_request(router, text, exp
     assert (pick[0] if pick else None) == expected
 
 
+def test_router_routes_a_vague_follow_up_with_the_previous_request(router):
+    reg = ToolRegistry([current_time, calculator])
+    assert router.route("And in Paris?", reg, "What time is it in Tokyo?")[0] == "current_time"
+    assert router.route("Thanks!", reg, "What time is it in Tokyo?") is None
+
+
+def test_embedded_agent_answers_a_follow_up_with_the_tool_again(smol, router):
+    session = make_agent(smol, router).session()
+    session.ask("What time is it in Tokyo?")
+    r = session.ask("And in Paris?")
+    assert [c["name"] for c in r.tool_calls] == ["current_time"]
+    assert "paris" in json.loads(r.tool_calls[0]["arguments"])["timezone"].lower()
+
+
 def test_router_learns_a_new_tool_from_its_description_and_examples(router):
     reg = ToolRegistry([current_time, calculator, stock_price])
     assert router.route("How is ACME stock doing today?", reg)[0] == "stock_price"

@@ -142,15 +142,26 @@ class ToolRouter:
             out[t.name] = s
         return out
 
-    def route(self, text: str, registry: ToolRegistry) -> tuple[str, float] | None:
-        """The tool for ``text`` and its score, or None when no tool fits."""
+    def route(self, text: str, registry: ToolRegistry, context: str | None = None
+              ) -> tuple[str, float] | None:
+        """The tool for ``text`` and its score, or None when no tool fits.
+
+        ``context`` is the user's previous request: a short follow-up ("And in Paris?")
+        that leans towards a tool but is too vague alone is routed together with it. One
+        that leans towards needing no tool ("Thanks!") is not.
+        """
         if not text.strip() or not len(registry):
             return None
         scores = self.scores(text, registry)
         name = max(scores, key=scores.__getitem__)
-        if not name or scores[name] < self.threshold:
-            return None
-        return name, round(scores[name], 4)
+        if name and scores[name] >= self.threshold:
+            return name, round(scores[name], 4)
+        if name and context and context.strip():
+            joined = self.scores(f"{context.strip()} {text.strip()}", registry)
+            best = max(joined, key=joined.__getitem__)
+            if best == name and joined[best] >= self.threshold:
+                return best, round(joined[best], 4)
+        return None
 
     def warm(self, registry: ToolRegistry) -> "ToolRouter":
         """Load the model and embed the tools now (else on the first request)."""
