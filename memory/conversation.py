@@ -275,6 +275,36 @@ class ConversationMemory:
             self._db.execute("DELETE FROM turns WHERE session_id=?", (session_id,))
             self._db.execute("DELETE FROM summaries WHERE session_id=?", (session_id,))
 
+    def forget(self, session_id: str) -> None:
+        """The agent's name for :meth:`clear` (used when a live session closes)."""
+        self.clear(session_id)
+
+    def revise_last_reply(self, session_id: str, text: str) -> bool:
+        """Replace the text of the last assistant reply with what the user actually heard
+        (after a barge-in the client reports how much it played). Returns False when the
+        session has no reply to revise."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT idx, messages FROM turns WHERE session_id=? ORDER BY idx DESC LIMIT 1",
+                    (session_id,)).fetchone()
+                if row is None:
+                    return False
+                msgs = [_message_from_json(d) for d in json.loads(row[1])]
+                for i in range(len(msgs) - 1, -1, -1):
+                    if msgs[i].role == "assistant" and not msgs[i].tool_calls:
+                        msgs[i] = Message("assistant", text)
+                        break
+                else:
+                    return False
+                blob = json.dumps([_message_to_json(m) for m in msgs], ensure_ascii=False)
+                with self._tx():
+                    self._db.execute("UPDATE turns SET messages=?, interrupted=1 WHERE session_id=? AND idx=?",
+                                     (blob, session_id, row[0]))
+            except sqlite3.Error as e:
+                raise HistoryError(f"cannot update the history in {self.path}: {e}") from e
+        return True
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Tokens these messages take by this memory's counter (with per-message overhead)."""
         return sum(self.counter(_message_text(m)) + PER_MESSAGE_TOKENS for m in messages)

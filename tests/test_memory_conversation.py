@@ -205,3 +205,19 @@ async def test_an_interrupted_turn_is_remembered_as_what_was_actually_spoken(tmp
     stored = ConversationMemory(tmp_path).turns("s")[-1]
     assert stored.interrupted
     assert texts(stored.messages) == ["talk", "One."]
+
+
+def test_revise_last_reply_keeps_only_what_was_heard_across_a_restart(tmp_path):
+    from omni_agent.thinker import Message
+    from omni_agent.memory import ConversationMemory
+
+    mem = ConversationMemory(tmp_path)
+    mem.save_turn("s", [Message("user", "tell me"), Message("assistant", "One. Two. Three.")])
+    assert mem.revise_last_reply("s", "One.") is True
+    mem.close()
+    again = ConversationMemory(tmp_path)
+    assert [m.text for m in again.load("s")] == ["tell me", "One."]
+    assert again.turns("s")[-1].interrupted
+    assert again.revise_last_reply("nobody", "x") is False
+    again.forget("s")
+    assert again.load("s") == []
