@@ -45,6 +45,21 @@ from omni_agent.thinkers.qwen3_omni_tiny import tiny_qwen3_omni  # noqa: E402
 MAX_TOKENS = 8
 
 
+class ForceText:
+    """Makes the Thinker write a given text, then its end token (a decoding constraint)."""
+
+    def __init__(self, ids, eos):
+        self.ids, self.start = list(ids) + [eos], None
+
+    def __call__(self, input_ids, scores):
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        k = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[k]] = 0.0
+        return forced
+
+
 @pytest.fixture(scope="module")
 def omni() -> Qwen3OmniModel:
     torch.set_num_threads(1)
@@ -68,21 +83,44 @@ def media_turn() -> list:
             ImagePart(data=png.getvalue())]
 
 
-async def think(thinker: Qwen3OmniThinker, content, session: str = "s", turn: int = 1) -> str:
+ANSWER = "Hi there, nice to meet you."
+
+
+def forced(omni: Qwen3OmniModel, text: str):
+    """A decoding constraint that makes the Thinker write ``text`` and then stop."""
+    ids = omni.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ForceText(ids, omni.model.config.im_end_token_id)
+
+
+async def think(thinker: Qwen3OmniThinker, content, session: str = "s", turn: int = 1,
+                answer: str | None = None) -> str:
     req = ThinkerRequest(messages=[Message("user", content)], settings=GenerationSettings(max_tokens=MAX_TOKENS),
                          session_id=session, turn_id=turn)
+    if answer is not None:
+        req.settings = GenerationSettings(max_tokens=len(answer) + 2)
+        req.constraint = lambda tok: forced(thinker.omni, answer)
     return "".join([ev.text async for ev in thinker.stream(req) if isinstance(ev, TextDelta)])
 
 
-def reference_generate(omni: Qwen3OmniModel, thinker: Qwen3OmniThinker, content, frames: int):
-    """transformers' own generate(): Thinker to the end, then Talker, then Code2Wav."""
+def reference_generate(omni: Qwen3OmniModel, thinker: Qwen3OmniThinker, content, frames: int,
+                       answer: str | None = None, **kw):
+    """transformers' own generate(): Thinker to the end, then Talker, then Code2Wav.
+
+    With ``answer`` the Thinker is made to write it and end with <|im_end|>: generate()
+    never speaks the last token of an answer cut by max_new_tokens (it is not embedded),
+    so exact comparisons need an answer that ends."""
+    from transformers import LogitsProcessorList
+
     m = omni.model
     inputs = omni.build_inputs([Message("user", content)])
-    seq, wav = m.generate(**inputs, thinker_max_new_tokens=MAX_TOKENS, thinker_eos_token_id=m.config.im_end_token_id,
+    if answer is not None:
+        kw["thinker_logits_processor"] = LogitsProcessorList([forced(omni, answer)])
+    seq, wav = m.generate(**inputs, thinker_max_new_tokens=len(answer) + 2 if answer else MAX_TOKENS,
+                          thinker_eos_token_id=m.config.im_end_token_id,
                           thinker_suppress_tokens=thinker._suppressed(), thinker_do_sample=False,
-                          talker_do_sample=False, talker_max_new_tokens=frames + 1)
+                          talker_do_sample=False, talker_max_new_tokens=frames + 1, **kw)
     text = omni.tokenizer.decode(seq[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return text, wav[0, 0].numpy()
+    return text, wav[0, 0].float().numpy()
 
 
 async def spoken(talker: Qwen3OmniTalker, text: str, session: str = "s", turn: int = 1) -> list[AudioChunk]:
@@ -176,12 +214,25 @@ async def test_the_talker_input_for_an_audio_image_prompt_is_the_one_generate_bu
 
 
 async def test_unchanged_text_is_spoken_exactly_as_generate_speaks_it(omni):
-    thinker, talker = Qwen3OmniThinker(omni), greedy_talker(omni, max_frames=12)
-    text = await think(thinker, "hello there", session="same")
-    ref_text, ref_wav = reference_generate(omni, thinker, "hello there", frames=12)
-    assert text == ref_text
+    thinker, talker = Qwen3OmniThinker(omni), greedy_talker(omni, max_frames=40)
+    text = await think(thinker, "hello there", session="same", answer=ANSWER)
+    ref_text, ref_wav = reference_generate(omni, thinker, "hello there", frames=40, answer=ANSWER)
+    assert text == ref_text == ANSWER
     ours = await asyncio.to_thread(talker.synthesize, text, session_id="same", turn_id=1)
     assert ours.shape == ref_wav.shape
+    np.testing.assert_allclose(ours, ref_wav, atol=1e-6)
+
+
+async def test_in_bfloat16_an_audio_image_answer_is_still_spoken_exactly_as_generate_speaks_it():
+    # What a GPU runs: bfloat16. Same kernels as generate() (no attention mask), same codes.
+    omni16 = tiny_qwen3_omni()
+    omni16.model.to(torch.bfloat16)
+    thinker = Qwen3OmniThinker(omni16)
+    text = await think(thinker, media_turn(), session="bf16", answer=ANSWER)
+    ref_text, ref_wav = reference_generate(omni16, thinker, media_turn(), frames=30, answer=ANSWER)
+    ours = await asyncio.to_thread(greedy_talker(omni16, max_frames=30).synthesize, text, session_id="bf16",
+                                   turn_id=1)
+    assert text == ref_text == ANSWER
     np.testing.assert_allclose(ours, ref_wav, atol=1e-6)
 
 
@@ -292,15 +343,11 @@ async def test_ethan_chelsie_and_aiden_each_reach_the_talker_as_their_own_speake
         assert len(differs) == 1
     # And a chosen speaker is spoken exactly as generate(speaker=...) speaks it.
     thinker = Qwen3OmniThinker(omni)
-    text = await think(thinker, "hello there", session="chelsie")
-    m = omni.model
-    model_in = omni.build_inputs([Message("user", "hello there")])
-    _, ref = m.generate(**model_in, speaker="Chelsie", thinker_max_new_tokens=MAX_TOKENS,
-                        thinker_eos_token_id=m.config.im_end_token_id, thinker_suppress_tokens=thinker._suppressed(),
-                        thinker_do_sample=False, talker_do_sample=False, talker_max_new_tokens=13)
-    ours = await asyncio.to_thread(greedy_talker(omni, speaker="chelsie", max_frames=12).synthesize, text,
+    text = await think(thinker, "hello there", session="chelsie", answer=ANSWER)
+    _, ref = reference_generate(omni, thinker, "hello there", frames=30, answer=ANSWER, speaker="Chelsie")
+    ours = await asyncio.to_thread(greedy_talker(omni, speaker="chelsie", max_frames=30).synthesize, text,
                                    session_id="chelsie", turn_id=1)
-    np.testing.assert_allclose(ours, ref[0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
 
 
 def test_an_unknown_speaker_is_a_config_error_naming_the_known_ones(omni):
@@ -309,21 +356,6 @@ def test_an_unknown_speaker_is_a_config_error_naming_the_known_ones(omni):
 
 
 # --------------------------------------------------------------------------- tools
-
-
-class ForceText:
-    """Makes the Thinker write a given text, then its end token (a decoding constraint)."""
-
-    def __init__(self, ids, eos):
-        self.ids, self.start = list(ids) + [eos], None
-
-    def __call__(self, input_ids, scores):
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        k = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.ids[k]] = 0.0
-        return forced
 
 
 async def test_a_tool_call_written_by_the_thinker_runs_and_the_answer_after_it_is_spoken(omni):

@@ -783,7 +783,9 @@ class _ThinkerRun:
         text_pos = torch.arange(ids.shape[1], device=ids.device).view(1, 1, -1)
         kw = {k: v for k, v in inp.items() if k not in ("input_ids", "attention_mask")}
         with torch.inference_mode():
-            out = self.thinker(input_ids=ids, attention_mask=mask,
+            # No attention mask for one unpadded sequence, as generate() calls the Thinker
+            # (a mask selects another attention path, which differs in bfloat16).
+            out = self.thinker(input_ids=ids, attention_mask=None,
                                position_ids=torch.cat([text_pos, pos3.to(ids.device, torch.long)]),
                                use_cache=True, output_hidden_states=capture, **kw)
         self.cache = out.cache
@@ -830,8 +832,7 @@ class _ThinkerRun:
         pos = torch.full((4, 1, 1), past, dtype=torch.long, device=dev)
         pos[1:] += self.delta.view(1, -1, 1)
         with torch.inference_mode():
-            out = self.thinker(input_ids=torch.tensor([[token]], device=dev),
-                               attention_mask=torch.ones((1, past + 1), dtype=torch.long, device=dev),
+            out = self.thinker(input_ids=torch.tensor([[token]], device=dev), attention_mask=None,
                                position_ids=pos, cache=self.cache, use_cache=True)
         self.cache = out.cache
         self.logits = out.logits[:, -1, :].float()
@@ -1057,7 +1058,9 @@ class _TalkerRun:
                 pos3 = torch.arange(n, device=dev).view(1, 1, -1).expand(3, 1, n)
                 self.delta = torch.zeros((1, 1, 1), dtype=torch.long, device=dev)
             text_pos = torch.arange(n, device=dev).view(1, 1, -1)
-            out = self.talker(inputs_embeds=embeds, attention_mask=mask,
+            # No attention mask (one unpadded sequence), as generate() calls it: an explicit
+            # all-ones mask takes another attention kernel path, which differs in bfloat16.
+            out = self.talker(inputs_embeds=embeds, attention_mask=None,
                               position_ids=torch.cat([text_pos, pos3]), use_cache=True,
                               output_hidden_states=True)
         self.trailing = trailing.to(dev)
@@ -1111,8 +1114,7 @@ class _TalkerRun:
             past = self.length
             pos = torch.full((4, 1, 1), past, dtype=torch.long, device=dev)
             pos[1:] += self.delta
-            out = talker(inputs_embeds=e, attention_mask=torch.ones((1, past + 1), dtype=torch.long, device=dev),
-                         position_ids=pos, cache=self.cache, use_cache=True, output_hidden_states=True,
+            out = talker(inputs_embeds=e, attention_mask=None, position_ids=pos, cache=self.cache, use_cache=True, output_hidden_states=True,
                          generation_step=self.step)
         self.cache = out.cache
         self.logits = out.logits[:, -1, :].float()
