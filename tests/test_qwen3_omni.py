@@ -302,6 +302,24 @@ async def test_first_audio_leaves_before_the_utterance_is_synthesized(omni):
     assert len(chunks[0].pcm) < total / 5  # two codec frames' worth, not the whole clause
 
 
+async def test_in_an_agent_the_first_clause_is_heard_while_the_thinker_is_still_writing(omni):
+    answer = "Hello there. " + "This second sentence is long, so the Thinker keeps writing for a while. " * 2
+    talker = greedy_talker(omni, max_frames=6)
+    agent = Agent(thinker=Qwen3OmniThinker(omni), talker=talker, settings=GenerationSettings(max_tokens=300))
+
+    def build_request(ctx):
+        req = Agent.build_request(agent, ctx)
+        req.constraint = lambda tok: forced(omni, answer.strip())
+        return req
+
+    agent.build_request = build_request
+    result = await agent.session("early").aask("say something long")
+    first_audio = next(e.ts for e in result.events if isinstance(e, AudioChunk) and e.pcm)
+    last_text = max(e.ts for e in result.events if isinstance(e, TextDelta))
+    assert result.text == answer.strip()
+    assert first_audio < last_text
+
+
 async def test_non_streaming_mode_yields_the_whole_utterance_in_one_chunk(omni):
     talker = greedy_talker(omni, max_frames=12, stream=False)
     chunks = await spoken(talker, "all at once", session="none")
