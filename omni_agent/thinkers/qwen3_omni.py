@@ -5,7 +5,8 @@ Talker, then Code2Wav — nothing can step in, and it speaks exactly what the Th
 Here the same weights serve two separate services:
 
 * :class:`Qwen3OmniThinker` reads text, audio, images and video and streams its answer
-  onto the bus token by token (its own generation loop, one step per executor hop);
+  onto the bus token by token (its own generation loop on a worker thread that runs a few
+  tokens ahead of the bus);
 * :class:`Qwen3OmniTalker` speaks the text that *leaves* the bus — rewritten by
   middleware or not — in the model's own voice (speakers Ethan, Chelsie, Aiden), streaming
   24 kHz audio as codec frames are generated.
