@@ -443,9 +443,12 @@ class Session:
             if interrupted:
                 # Memory keeps what the user actually heard (or saw, for a text agent).
                 remembered = spoken if talker is not None else text
-            turn_msgs = ctx.messages[first_new:]
-            turn_msgs.append(Message("assistant", remembered))
-            agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
+            if reason != "error":
+                # A failed turn (the Thinker could not answer) is not remembered: its input
+                # would otherwise be re-sent, and fail again, on every later turn.
+                turn_msgs = ctx.messages[first_new:]
+                turn_msgs.append(Message("assistant", remembered))
+                agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
             trace.mark("end")
             yield TurnEnd(reason=reason, text=text, spoken=spoken, session_id=self.id, turn_id=self.turn_id)
         finally:

@@ -238,3 +238,16 @@ def test_display_only_utterances_are_shown_not_spoken_nor_remembered():
     assert talker.spoken == ["It opens at nine."]
     assert r.text == "It opens at nine. [Sources: a.md#1]"
     assert s.history[-1].text == "It opens at nine."
+
+
+def test_a_failed_turn_is_not_remembered():
+    def reply(req):
+        if req.messages[-1].text == "bad":
+            raise ValueError("cannot read that")
+        return "Fine."
+
+    thinker = ScriptedThinker(default=reply)
+    s = Agent(thinker=thinker).session()
+    assert s.ask("bad").reason == "error"
+    s.ask("good")
+    assert [m.text for m in thinker.requests[-1].messages] == ["good"]
