@@ -218,6 +218,11 @@ def _match_said(buf: str, said: str) -> int | None:
         j += 1
 
 
+def _how_to_call(error: str) -> str:
+    return (f"{error}. Write calls as "
+            f'{HERMES.open}{{"name": "<tool>", "arguments": {{...}}}}{HERMES.close}')
+
+
 def _new_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"
 
@@ -408,8 +413,7 @@ class ToolCalling(Middleware):
                         call = ToolCall(id=_new_id(), name=p.name, arguments=p.arguments,
                                         session_id=ev.session_id, turn_id=ev.turn_id)
                         if p.error:
-                            errors[call.id] = (f"{p.error}. Write calls as "
-                                               f'{HERMES.open}{{"name": "<tool>", "arguments": {{...}}}}{HERMES.close}')
+                            errors[call.id] = _how_to_call(p.error)
                             call.name = p.name or "invalid_call"
                             call.arguments = p.raw
                         calls.append(call)
@@ -422,6 +426,10 @@ class ToolCalling(Middleware):
                         if type(p) is str:
                             said.append(p)
                             yield TextDelta(p, session_id=ev.session_id, turn_id=ev.turn_id)
+                if guard_buf and not calls:  # held as a possible repetition: it was not one
+                    said.append(guard_buf)
+                    yield TextDelta(guard_buf, session_id=ev.session_id, turn_id=ev.turn_id)
+                guard, guard_buf = None, ""
                 if not ev.id:
                     ev.id = _new_id()
                 calls.append(ev)
@@ -443,7 +451,7 @@ class ToolCalling(Middleware):
                                             arguments=p.arguments if not p.error else p.raw,
                                             session_id=ev.session_id, turn_id=ev.turn_id)
                             if p.error:
-                                errors[call.id] = p.error
+                                errors[call.id] = _how_to_call(p.error)
                             calls.append(call)
                             yield call
                 if guard_buf:
