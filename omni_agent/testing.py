@@ -20,7 +20,29 @@ from typing import Any, AsyncIterator, Callable, Iterable, Sequence, Union
 from .events import AudioChunk, Event, ReasoningDelta, TextDelta, ToolCall, Utterance
 from .thinker import ThinkerRequest
 
-__all__ = ["ScriptedThinker", "RecordingTalker", "Reply"]
+__all__ = ["ScriptedThinker", "RecordingTalker", "Reply", "words", "word_match"]
+
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text`` without punctuation (for comparing transcripts)."""
+    import re
+
+    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
+
+
+def word_match(heard: str, said: str) -> float:
+    """How much of ``said`` is in ``heard``, in order: 1.0 is every word (a transcript
+    check that tolerates one misheard word, since neural voices are not deterministic)::
+
+        assert word_match(asr_text, "What is the capital of France?") >= 0.8
+    """
+    from difflib import SequenceMatcher
+
+    a, b = words(heard), words(said)
+    if not b:
+        return 1.0 if not a else 0.0
+    matched = sum(m.size for m in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+    return matched / len(b)
+
 
 # One scripted reply: a string (streamed as one delta), a list of deltas, or a list of
 # events / strings mixed; or a callable that builds the reply from the request.

@@ -12,6 +12,7 @@ from omni_agent.audio import float_to_pcm16, pcm16_to_float, resample, wav_bytes
 from omni_agent.errors import AudioInputError, ConfigError, ModelNotFoundError
 from omni_agent.events import AudioPart
 from omni_agent.talkers.espeak import EspeakTalker
+from omni_agent.testing import word_match
 
 SR = 16000
 
@@ -43,9 +44,6 @@ def ears():
 
     return Ears()
 
-
-def words(text: str) -> list[str]:
-    return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
 
 
 def test_vad_finds_the_speech_between_silences(vad):
@@ -133,7 +131,7 @@ def test_ears_transcribe_piper_speech(ears):
     said = "The quick brown fox jumps over the lazy dog."
     clip = resample(pcm16_to_float(piper.synthesize(said)), piper.sample_rate, SR)
     text = ears.transcribe_samples(np.concatenate([silence(1.0), clip, silence(1.0)]))
-    assert words(text) == words(said)
+    assert word_match(text, said) >= 0.8, text  # one misheard word at most
     assert ears.last_timings["speech_seconds"] < len(clip) / SR + 0.5  # silence was trimmed
 
 
@@ -159,7 +157,7 @@ async def test_ears_transcribe_an_audio_part_at_any_rate_in_a_worker_thread(ears
     text = await ears.transcribe(part)
     done.set()
     await task
-    assert words(text) == words(said)
+    assert word_match(text, said) >= 0.8, text  # one misheard word at most
     assert max(gaps) < 0.2  # the loop kept running during recognition
 
 

@@ -33,6 +33,11 @@ NO_TOOL_EXAMPLES: tuple[str, ...] = (
     "What does photosynthesis mean?", "Explain what a time zone is",
     "What's the weather like today?", "Will it rain tomorrow?",
     "Recommend a good movie", "How do I cook rice?",
+    # Questions about schedules and facts are for documents (RAG), not the clock, though
+    # they share words with it ("what time does ... open").
+    "When does the museum open?", "What are the opening hours of the library?",
+    "What time does the shop close on Sundays?", "When does the next ferry leave?",
+    "Who is the captain of the ship?",
 )
 
 # Requests an embedding model reads poorly: arithmetic is about the numbers, not the words.

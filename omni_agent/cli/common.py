@@ -52,15 +52,18 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def default_config() -> dict[str, Any]:
     """The embedded default agent: SmolLM2-135M-Instruct through transformers, on CPU,
-    with retrieval over the default collection once documents were ingested
-    (``omni-agent ingest PATH``)."""
+    with the time and calculator tools, and retrieval over the default collection once
+    documents were ingested (``omni-agent ingest PATH``)."""
     from ..middleware.rag import default_rag_config
 
     cfg: dict[str, Any] = {
+        "tools": ["current_time", "calculator"],
         "agent": {"system_prompt": DEFAULT_SYSTEM_PROMPT},
         "thinker": {"backend": "transformers"},
         "generation": {"max_tokens": 96},
-        "middleware": [],
+        # The router picks a tool from the user's words and constrained decoding writes a
+        # valid call: SmolLM2-135M does not call tools on its own (docs/tools.md).
+        "middleware": [{"use": "tools", "router": True}],
     }
     rag = default_rag_config()
     if rag is not None:
