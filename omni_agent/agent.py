@@ -423,7 +423,7 @@ class Session:
                     interrupted = True
                     break
                 if type(ev) is Utterance:
-                    if not ev.text.strip() and ev.display:
+                    if ev.added and not ev.text.strip() and ev.display:
                         notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
                     elif clause_mode and ev.display:
                         display.append(ev.display)
@@ -583,6 +583,7 @@ class Session:
                                     session_id=sid, turn_id=tid)
                     n += 1
             elif t is Utterance:  # said by a middleware (a filler line, say)
+                ev.added = True
                 ev.index = n
                 n += 1
                 if ev.original is None:

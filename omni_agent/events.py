@@ -208,6 +208,7 @@ class Utterance(Event):
     index: int = 0
     lang: str | None = None
     fallback: bool = False  # True when this is a configured fallback line for a blocked clause
+    added: bool = False  # said by a middleware (a filler, a sources line), not by the Thinker
 
 
 @dataclass(slots=True)

@@ -32,9 +32,10 @@ def test_each_segment_aligns_original_display_and_spoken_by_clause():
         (1, "Call me at 555-0199 or see https://example.com/help.",
          "Call me at 555-0199 or see https://example.com/help.", "Call me at [phone number] or see the link."),
         (2, "It costs $5.", "It costs $5.", "It costs five dollars."),
-        (3, "🎉", "🎉", ""),  # shown, with nothing to say (the Talkers skip empty text)
+        (3, "🎉", "🎉", ""),  # shown, with nothing to say: the Talker is not called for it
     ]
-    assert talker.spoken == [s[3] for s in segs]
+    assert talker.spoken == [s[3] for s in segs if s[3]]
+    assert r.text.endswith("It costs $5. 🎉")
 
 
 def test_the_trace_records_each_change_with_the_middleware_that_made_it():

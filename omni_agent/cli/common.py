@@ -117,7 +117,7 @@ async def print_turn(session: Any, turn: UserTurn, *, as_json: bool, show_trace:
         elif type(ev) is TextDelta and not clause_mode:
             out.write(ev.text)
             out.flush()
-        elif type(ev) is Utterance and ev.display and (clause_mode or not ev.text.strip()):
+        elif type(ev) is Utterance and ev.display and (clause_mode or (ev.added and not ev.text.strip())):
             # clause mode shows approved clauses; display-only lines (sources) show in both
             out.write(("" if first_clause and clause_mode else " ") + ev.display)
             first_clause = False
