@@ -72,6 +72,7 @@ from ..errors import (
 )
 from ..events import AudioChunk, AudioPart, Event, ImagePart, TextPart, Utterance, VideoPart
 from ..thinker import Message, ThinkerRequest
+from .transformers import template_tool_fields
 
 __all__ = [
     "Qwen3OmniModel",
@@ -500,15 +501,7 @@ class Qwen3OmniModel:
                         videos.append(frames)
                         parts.append({"type": "video", "video": p.url or "video"})
                 d["content"] = parts
-            if m.tool_calls:
-                d["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": {
-                    "name": c.get("name"), "arguments": _json_or_text(c.get("arguments", "{}"))}}
-                    for c in m.tool_calls]
-            if m.role == "tool":
-                if m.tool_call_id:
-                    d["tool_call_id"] = m.tool_call_id
-                if m.name:
-                    d["name"] = m.name
+            d.update(template_tool_fields(m))
             conv.append(d)
         return conv, audios, images, videos
 
@@ -552,15 +545,6 @@ def _expand(text: str, token: str, counts: list[int], what: str) -> str:
         out.append(token * n)
         out.append(rest)
     return "".join(out)
-
-
-def _json_or_text(s: Any) -> Any:
-    if isinstance(s, str):
-        try:
-            return json.loads(s)
-        except ValueError:
-            return s
-    return s
 
 
 def _media_bytes(part: Any, what: str) -> bytes:

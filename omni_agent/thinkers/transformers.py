@@ -395,15 +395,7 @@ class TransformersThinker:
         chat: list[dict[str, Any]] = []
         for m in request.messages:
             d: dict[str, Any] = {"role": m.role, "content": self._message_text(m)}
-            if m.tool_calls:
-                d["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": {
-                    "name": c.get("name"), "arguments": _json_or_text(c.get("arguments", "{}"))}}
-                    for c in m.tool_calls]
-            if m.role == "tool":
-                if m.tool_call_id:
-                    d["tool_call_id"] = m.tool_call_id
-                if m.name:
-                    d["name"] = m.name
+            d.update(template_tool_fields(m))
             chat.append(d)
         return chat
 
@@ -558,6 +550,22 @@ class TransformersThinker:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def template_tool_fields(m: Message) -> dict[str, Any]:
+    """The tool-call fields of a message as chat templates expect them (an assistant's
+    ``tool_calls`` with parsed arguments; a tool result's ``tool_call_id`` and ``name``)."""
+    d: dict[str, Any] = {}
+    if m.tool_calls:
+        d["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": {
+            "name": c.get("name"), "arguments": _json_or_text(c.get("arguments", "{}"))}}
+            for c in m.tool_calls]
+    if m.role == "tool":
+        if m.tool_call_id:
+            d["tool_call_id"] = m.tool_call_id
+        if m.name:
+            d["name"] = m.name
+    return d
 
 
 class _Stopped(Exception):
