@@ -24,7 +24,10 @@ DEMO_TURNS: list[tuple[str, str]] = [
     ("a plain question", "What is the capital of France?"),
     ("a tool call (the time tool)", "What time is it in Tokyo?"),
     ("a tool call (the calculator)", "What is 17 times 23?"),
-    ("an answer from your documents (RAG, with the citation)", "When does the Zorblax Museum open?"),
+    # A new conversation: with the earlier turns in its short context the 135M model
+    # mixes up the retrieved facts; a bigger Thinker does not need this.
+    ("an answer from your documents (RAG, with the citation; a new conversation)",
+     "What time does the Zorblax Museum open?"),
 ]
 
 # The safety step: what a Thinker might say, streamed in small chunks through the bus.
@@ -72,8 +75,11 @@ def demo(as_json, out_dir, no_speech, config_path):
 
     async def run() -> None:
         await warm_up(agent, quiet=as_json)
+        sess = session
         for i, (what, text) in enumerate(DEMO_TURNS, 1):
-            await turn(i, what, text, agent, session)
+            if "a new conversation" in what:
+                sess = agent.session("demo-docs")
+            await turn(i, what, text, agent, sess)
         if not config_path:
             guard = _safety_agent(agent)
             await turn(len(DEMO_TURNS) + 1,
