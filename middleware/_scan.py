@@ -15,11 +15,14 @@ for any pattern, so each filter only states its patterns and a validator.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol
 
 import regex
 
-__all__ = ["Finding", "Scanner", "StreamHold", "partial_start"]
+from omni_agent.bus import RoundEnd
+from omni_agent.events import ToolCall, ToolResult, Utterance
+
+__all__ = ["Finding", "Scanner", "StreamHold", "partial_start", "apply_findings", "held_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,3 +150,43 @@ def apply_findings(text: str, findings: Iterable[Finding], replace: Callable[[Fi
         last = f.end
     out.append(text[last:])
     return "".join(out)
+
+
+async def held_stream(events: AsyncIterator[Any], ctx: Any, holds: Mapping[type, StreamHold], label: str,
+                      replace: Callable[[Finding, str], str],
+                      describe: Callable[[list[Finding], type], str]) -> AsyncIterator[Any]:
+    """Run the text events of each type in ``holds`` (e.g. TextDelta, ReasoningDelta)
+    through their own hold, replacing findings and recording each change in the trace
+    (``describe(findings, event_type)`` is its reason). Other events pass; text held
+    before a tool call, a clause said by a middleware, or the round's end is released
+    first, so the order of the stream is kept."""
+    sid, tid = ctx.session_id, ctx.turn_id
+    flush_on = (RoundEnd, ToolCall, ToolResult, Utterance)
+
+    def out(released: str, found: list[Finding], kind: type) -> Any:
+        if not released:
+            return None
+        if found:
+            new = apply_findings(released, found, replace)
+            ctx.trace.record(label, "stream", "redact", released, new, describe(found, kind))
+            released = new
+        return kind(released, session_id=sid, turn_id=tid)
+
+    async for ev in events:
+        t = type(ev)
+        hold = holds.get(t)
+        if hold is not None:
+            d = out(*hold.feed(ev.text), t)
+            if d is not None:
+                yield d
+            continue
+        if t in flush_on:
+            for k, h in holds.items():
+                d = out(*h.flush(), k)
+                if d is not None:
+                    yield d
+        yield ev
+    for k, h in holds.items():
+        d = out(*h.flush(), k)
+        if d is not None:
+            yield d

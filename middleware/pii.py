@@ -40,12 +40,12 @@ from typing import AsyncIterator, Iterable, Mapping
 
 import regex
 
-from omni_agent.bus import Middleware, RoundEnd, TurnContext
+from omni_agent.bus import Middleware, TurnContext
 from omni_agent.errors import Blocked, ConfigError
-from omni_agent.events import (AudioPart, Event, ReasoningDelta, TextDelta, TextPart, ToolCall, ToolResult,
+from omni_agent.events import (AudioPart, Event, ReasoningDelta, TextDelta, TextPart,
                                UserTurn, Utterance)
 
-from ._scan import Finding, StreamHold, apply_findings, partial_start
+from ._scan import Finding, StreamHold, apply_findings, held_stream, partial_start
 
 __all__ = ["PIIRedactor", "PIIDetector", "KINDS", "ACTIONS"]
 
@@ -556,48 +556,18 @@ class PIIRedactor(Middleware):
 
         Reasoning deltas (kept in ``trace.reasoning``) get the same treatment, with their
         own hold, so redacted content does not survive in the trace's reasoning either."""
-        hold = StreamHold(self.detector)
-        thought = StreamHold(self.detector)
         lang = ctx.lang
-        label = self.label
-        sid, tid = ctx.session_id, ctx.turn_id
 
-        def out(released: str, found: list[Finding], kind: type = TextDelta) -> Event | None:
-            if not released:
-                return None
-            if found:
-                blocks = sum(1 for f in found if self.actions[f.kind] == "block")
-                if blocks and kind is TextDelta:
-                    ctx.state["pii_stream_blocks"] = ctx.state.get("pii_stream_blocks", 0) + blocks
-                new = apply_findings(released, found, lambda f, s: self._replacement(f, s, False, lang))
-                ctx.trace.record(label, "stream", "redact", released, new,
-                                 ", ".join(sorted({f.kind for f in found}))
-                                 + (" (reasoning)" if kind is ReasoningDelta else ""))
-                released = new
-            return kind(released, session_id=sid, turn_id=tid)
+        def describe(found: list[Finding], kind: type) -> str:
+            blocks = sum(1 for f in found if self.actions[f.kind] == "block")
+            if blocks and kind is TextDelta:
+                ctx.state["pii_stream_blocks"] = ctx.state.get("pii_stream_blocks", 0) + blocks
+            return ", ".join(sorted({f.kind for f in found})) + (" (reasoning)" if kind is ReasoningDelta else "")
 
-        async for ev in events:
-            t = type(ev)
-            if t is TextDelta:
-                d = out(*hold.feed(ev.text))
-                if d is not None:
-                    yield d
-                continue
-            if t is ReasoningDelta:
-                d = out(*thought.feed(ev.text), ReasoningDelta)
-                if d is not None:
-                    yield d
-                continue
-            if t is RoundEnd or t is ToolCall or t is ToolResult or t is Utterance:
-                for h, k in ((thought, ReasoningDelta), (hold, TextDelta)):
-                    d = out(*h.flush(), k)
-                    if d is not None:
-                        yield d
+        holds = {ReasoningDelta: StreamHold(self.detector), TextDelta: StreamHold(self.detector)}
+        async for ev in held_stream(events, ctx, holds, self.label,
+                                    lambda f, s: self._replacement(f, s, False, lang), describe):
             yield ev
-        for h, k in ((thought, ReasoningDelta), (hold, TextDelta)):
-            d = out(*h.flush(), k)
-            if d is not None:
-                yield d
 
     def on_input(self, turn: UserTurn, ctx: TurnContext) -> UserTurn:
         """Input rail: redact PII in the user's text (``block`` kinds refuse the turn)."""

@@ -28,12 +28,12 @@ from typing import Any, AsyncIterator, Callable, Iterable, Literal
 
 import regex
 
-from omni_agent.bus import Middleware, RoundEnd, TurnContext
+from omni_agent.bus import Middleware, TurnContext
 from omni_agent.errors import Blocked, ConfigError
-from omni_agent.events import AudioPart, Event, TextDelta, TextPart, ToolCall, ToolResult, UserTurn, Utterance
+from omni_agent.events import AudioPart, Event, TextDelta, TextPart, UserTurn, Utterance
 from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
 
-from ._scan import Finding, StreamHold, apply_findings, partial_start
+from ._scan import Finding, StreamHold, apply_findings, held_stream, partial_start
 
 __all__ = ["Blocklist", "Moderation", "Verdict", "allow", "rewrite", "block", "ThinkerJudge"]
 
@@ -162,43 +162,14 @@ class Blocklist(Middleware):
 
     async def stream(self, events: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:
         """Display filter: hold a word only while it could become a listed one."""
-        async for ev in _held_stream(events, ctx, StreamHold(self.scanner), self.label,
-                                     lambda f, s: self.replacement):
+        def describe(found: list[Finding], kind: type) -> str:
+            if ctx.trace.keep_originals:
+                return ", ".join(sorted({f.kind for f in found}))
+            return f"{len(found)} match(es)"
+
+        async for ev in held_stream(events, ctx, {TextDelta: StreamHold(self.scanner)}, self.label,
+                                    lambda f, s: self.replacement, describe):
             yield ev
-
-
-async def _held_stream(events: AsyncIterator[Event], ctx: TurnContext, hold: StreamHold, label: str,
-                       replace: Callable[[Finding, str], str]) -> AsyncIterator[Event]:
-    """Run TextDeltas through ``hold``, replacing findings; other events pass (text
-    held before a tool call or the round's end is released first, in order)."""
-    sid, tid = ctx.session_id, ctx.turn_id
-
-    def out(released: str, found: list[Finding]) -> TextDelta | None:
-        if not released:
-            return None
-        if found:
-            new = apply_findings(released, found, replace)
-            ctx.trace.record(label, "stream", "redact", released, new,
-                             ", ".join(sorted({f.kind for f in found})) if ctx.trace.keep_originals
-                             else f"{len(found)} match(es)")
-            released = new
-        return TextDelta(released, session_id=sid, turn_id=tid)
-
-    async for ev in events:
-        t = type(ev)
-        if t is TextDelta:
-            d = out(*hold.feed(ev.text))
-            if d is not None:
-                yield d
-            continue
-        if t is RoundEnd or t is ToolCall or t is ToolResult or t is Utterance:
-            d = out(*hold.flush())
-            if d is not None:
-                yield d
-        yield ev
-    d = out(*hold.flush())
-    if d is not None:
-        yield d
 
 
 # ---------------------------------------------------------------------------- moderation
