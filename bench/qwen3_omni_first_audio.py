@@ -70,7 +70,7 @@ def main() -> None:
     from omni_agent.agent import Agent
     from omni_agent.events import AudioChunk, TurnEnd, Utterance
     from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
-    from omni_agent.thinkers.qwen3_omni import Qwen3OmniTalker, Qwen3OmniThinker, _TalkerRun, _ThinkerRun
+    from omni_agent.thinkers.qwen3_omni import Qwen3OmniTalker, Qwen3OmniThinker, _ThinkerRun
     from omni_agent.thinkers.qwen3_omni_tiny import tiny_qwen3_omni
 
     omni = tiny_qwen3_omni(threads=args.threads)
@@ -116,7 +116,6 @@ def main() -> None:
             return super()._start(text, session_id, turn_id)
 
     talker = Capped(omni, do_sample=False, first_chunk_frames=args.first_chunk_frames)
-    speaker_id = talker._speaker_id(talker.speaker)
 
     def bare_thinker(session: str, until_clause: bool) -> tuple[float, str]:
         t0 = time.perf_counter()

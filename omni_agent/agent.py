@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from .bus import Bus, Middleware, RoundEnd, TurnContext
-from .errors import Blocked, OmniAgentError, UnsupportedInputError
+from .errors import OmniAgentError, UnsupportedInputError
 from .events import (
     AudioChunk,
     AudioPart,
@@ -35,8 +35,6 @@ from .events import (
     ReasoningDelta,
     TextDelta,
     TextPart,
-    ToolCall,
-    ToolResult,
     TurnEnd,
     UserTurn,
     Utterance,
@@ -637,8 +635,6 @@ class Session:
             async for ev in chain:
                 if type(ev) is Utterance and utt_q is not None and ev.text.strip():
                     await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
-                if type(ev) is ToolCall or type(ev) is ToolResult:
-                    pass  # the tool middleware records calls and results in the trace
                 await out.put(ev)
         except asyncio.CancelledError:
             raise

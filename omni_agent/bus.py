@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import monotonic, perf_counter
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
