@@ -34,24 +34,6 @@ ANSWER = "Hello there. This is the second sentence of the answer. And here is a 
 QUESTION = "Tell me something in three sentences."
 
 
-class ForceText:
-    """A logits processor that makes the Thinker write ``ids``, then its end token."""
-
-    def __init__(self, ids: list[int], eos: int):
-        self.ids = ids + [eos]
-        self.start: int | None = None
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        k = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.ids[k]] = 0.0
-        return forced
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=9)
@@ -71,7 +53,7 @@ def main() -> None:
     from omni_agent.events import AudioChunk, TurnEnd, Utterance
     from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
     from omni_agent.thinkers.qwen3_omni import Qwen3OmniTalker, Qwen3OmniThinker, _ThinkerRun
-    from omni_agent.thinkers.qwen3_omni_tiny import tiny_qwen3_omni
+    from omni_agent.thinkers.qwen3_omni_tiny import ForceText, tiny_qwen3_omni
 
     omni = tiny_qwen3_omni(threads=args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]

@@ -40,24 +40,9 @@ from omni_agent.thinkers.qwen3_omni import (  # noqa: E402
     Qwen3OmniThinker,
     _TalkerRun,
 )
-from omni_agent.thinkers.qwen3_omni_tiny import tiny_qwen3_omni  # noqa: E402
+from omni_agent.thinkers.qwen3_omni_tiny import ForceText, tiny_qwen3_omni  # noqa: E402
 
 MAX_TOKENS = 8
-
-
-class ForceText:
-    """Makes the Thinker write a given text, then its end token (a decoding constraint)."""
-
-    def __init__(self, ids, eos):
-        self.ids, self.start = list(ids) + [eos], None
-
-    def __call__(self, input_ids, scores):
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        k = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.ids[k]] = 0.0
-        return forced
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["tiny_qwen3_omni", "tiny_config", "tiny_tokenizer", "TINY_SPEAKERS"]
+__all__ = ["tiny_qwen3_omni", "tiny_config", "tiny_tokenizer", "TINY_SPEAKERS", "ForceText"]
 
 # Special tokens of the real Qwen3-Omni vocabulary, in the order they get tiny ids.
 _SPECIAL = [
@@ -193,3 +193,22 @@ def _tiny_image_processor() -> Any:
         return None
     return Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=1,
                                     min_pixels=16 * 16, max_pixels=64 * 64)
+
+
+class ForceText:
+    """A logits processor that makes the (random) Thinker write ``ids``, then ``eos``: the
+    tiny model's answers are noise, so tests and the bench decide what it says."""
+
+    def __init__(self, ids: list[int], eos: int):
+        self.ids = list(ids) + [eos]
+        self.start: int | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        k = min(input_ids.shape[1] - self.start, len(self.ids) - 1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.ids[k]] = 0.0
+        return forced
