@@ -176,11 +176,11 @@ def main() -> None:
     # ------------------------------------------------------------ the framework's pieces alone
     def hop_cost(n: int = 3000) -> float:
         """Seconds per item through the worker-thread hop (the model replaced by nothing)."""
-        from omni_agent.thinkers.qwen3_omni import _from_worker
+        from omni_agent.bridge import iterate_in_thread
 
         async def go() -> float:
             t0 = time.perf_counter()
-            async for _ in _from_worker(omni.executor("thinker"), lambda: iter(range(n))):
+            async for _ in iterate_in_thread(lambda: iter(range(n)), executor=omni.executor("thinker")):
                 pass
             return (time.perf_counter() - t0) / n
 

@@ -34,13 +34,15 @@ Bounds: at most ``max_rounds`` tool rounds per turn (then the calls get an error
 and the Thinker is asked to answer without tools); each call has a timeout (the tool's own
 ``timeout`` or this middleware's); a tool error, invalid arguments, an unknown tool, a
 timeout or a refused confirmation become an error :class:`ToolResult` the Thinker can
-react to — never a crash. Tools of one round run in parallel as tasks owned by this
-middleware: they are awaited, or cancelled when the turn is (barge-in), never leaked.
+react to — never a crash. Tools of one round run in parallel as tasks in the turn's own
+task group (``ctx.task_group``): the round cancels them when it is closed, the turn
+cancels them on barge-in and awaits them before it ends — none outlives its turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import re
@@ -49,7 +51,10 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
-from omni_agent.bus import Middleware, RoundEnd, TurnContext
+import anyio
+import anyio.to_thread
+
+from omni_agent.bus import Middleware, RoundEnd, TurnContext, is_cancellation
 from omni_agent.errors import ToolError
 from omni_agent.events import ErrorEvent, Event, TextDelta, ToolCall, ToolResult, Utterance
 from omni_agent.thinker import Message
@@ -319,33 +324,33 @@ class ToolCalling(Middleware):
         args: tuple[Any, ...] = (user.text, registry)
         if len(inspect.signature(self.router.route).parameters) >= 3:
             args += (earlier,)  # the previous request, for follow-ups ("And in Paris?")
-        pick = await asyncio.to_thread(self.router.route, *args)
+        pick = await anyio.to_thread.run_sync(self.router.route, *args, abandon_on_cancel=True)
         ctx.trace.add_time("tool_router", monotonic() - t0)
         from omni_agent.tools.prompting import with_calls_as_text, with_tool_examples
 
-        opts = ctx.state.setdefault("_next_request", {})
+        opts = ctx.next_round()
         # Earlier turns' calls are shown as text: a small model's template cannot render
         # tool_calls, and an empty assistant turn would confuse it.
-        opts["prompt"] = with_calls_as_text
+        opts.prompt = with_calls_as_text
         if pick is None:
             # The router speaks for the model: no tool fits, so none is offered.
-            opts["tool_choice"] = "none"
+            opts.tool_choice = "none"
             ctx.trace.record(self.label, "input", "route", user.text, None,
                              "no tool matches the request")
             return
         name, score = pick
         ctx.trace.record(self.label, "input", "route", user.text, name,
                          f"router picked {name!r} (similarity {score:.2f})")
-        opts["tool_choice"] = name
+        opts.tool_choice = name
         if self.constrain:
             from omni_agent.tools.constrained import ToolCallConstraint
 
-            opts["constraint"] = ToolCallConstraint(registry, [name])
+            opts.constraint = ToolCallConstraint(registry, [name])
         if self.few_shot:
             def prompt(messages: list[Message]) -> list[Message]:
                 return with_tool_examples(with_calls_as_text(messages), registry, focus=name)
 
-            opts["prompt"] = prompt
+            opts.prompt = prompt
 
     # ------------------------------------------------------------------ the stream
 
@@ -504,12 +509,12 @@ class ToolCalling(Middleware):
                        for c in round_calls])
                 if over or self.router is not None:
                     # After the limit, or when a router decided for a small model: answer now.
-                    nxt = ctx.state.setdefault("_next_request", {})
-                    nxt["tool_choice"] = "none"
+                    nxt = ctx.next_round()
+                    nxt.tool_choice = "none"
                     if self.router is not None:
                         from omni_agent.tools.prompting import with_calls_as_text
 
-                        nxt["prompt"] = with_calls_as_text
+                        nxt.prompt = with_calls_as_text
                 if text_before.strip():
                     guard = text_before
                 plain = guard is None and (parser is None or parser.idle)
@@ -521,40 +526,70 @@ class ToolCalling(Middleware):
     async def _run_round(self, calls: list[ToolCall], errors: dict[str, str],
                          registry: ToolRegistry, ctx: TurnContext, rnd: int, over: bool,
                          quiet: bool, results: dict[str, ToolResult]) -> AsyncIterator[Event]:
-        """Run one round's calls in parallel; yields a filler (maybe) and each ToolResult."""
-        tasks: dict[asyncio.Task[ToolResult], ToolCall] = {}
+        """Run one round's calls in parallel; yields a filler (maybe) and each ToolResult
+        as it finishes.
+
+        The calls run in the turn's task group, each in a cancel scope of this round, so no
+        task group spans this generator's ``yield``: closing the round (barge-in, consumer
+        gone) cancels the calls; the turn awaits them."""
+        jobs: list[tuple[Callable[..., Awaitable[ToolResult]], tuple[Any, ...]]] = []
         for c in calls:
             if over:
-                coro = self._refuse(c, ctx, rnd, "not run: this turn already used its "
-                                    f"{self.max_rounds} tool rounds. Answer the user with what you have.",
-                                    "not_run")
+                jobs.append((self._refuse, (c, ctx, rnd, "not run: this turn already used its "
+                             f"{self.max_rounds} tool rounds. Answer the user with what you have.",
+                             "not_run")))
             else:
-                coro = self._run_one(c, errors.get(c.id), registry, ctx, rnd)
-            tasks[asyncio.ensure_future(coro)] = c
-        order = {t: i for i, t in enumerate(tasks)}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.filler_after if quiet and self.filler and not over else None
+                jobs.append((self._run_one, (c, errors.get(c.id), registry, ctx, rnd)))
+        tg = ctx.task_group
+        if tg is None:
+            # A bare bus (no agent turn): run the round to its end here, then hand it on.
+            done: list[ToolResult] = []
+            async with anyio.create_task_group() as local:
+                for c, (fn, args) in zip(calls, jobs):
+                    local.start_soon(self._call_into, fn, args, c, ctx, rnd, done.append, None)
+            for res in sorted(done, key=lambda r: [c.id for c in calls].index(r.call_id)):
+                results[res.call_id] = res
+                yield res
+            return
+        # Each call puts exactly one result: the queue never holds more than the round.
+        finished: asyncio.Queue[ToolResult] = asyncio.Queue(maxsize=len(calls))
+        scopes = []
+        for c, (fn, args) in zip(calls, jobs):
+            scope = anyio.CancelScope()
+            scopes.append(scope)
+            tg.start_soon(self._call_into, fn, args, c, ctx, rnd, finished.put_nowait, scope)
+        filler_due = quiet and bool(self.filler) and not over
         try:
-            pending: set[asyncio.Task[ToolResult]] = set(tasks)
-            while pending:
-                wait = None if deadline is None else max(0.0, deadline - loop.time())
-                done, pending = await asyncio.wait(pending, timeout=wait,
-                                                   return_when=asyncio.FIRST_COMPLETED)
-                for task in sorted(done, key=order.__getitem__):
-                    res = task.result()
-                    results[res.call_id] = res
-                    yield res
-                if not done and pending and deadline is not None:
-                    deadline = None
-                    yield Utterance(text=self.filler, display=self.filler, original=self.filler,
-                                    session_id=ctx.session_id, turn_id=ctx.turn_id)
+            for _ in calls:
+                res = None
+                if filler_due:
+                    with anyio.move_on_after(self.filler_after):
+                        res = await finished.get()
+                    if res is None:
+                        filler_due = False
+                        yield Utterance(text=self.filler, display=self.filler, original=self.filler,
+                                        session_id=ctx.session_id, turn_id=ctx.turn_id)
+                if res is None:
+                    res = await finished.get()
+                results[res.call_id] = res
+                yield res
         finally:
-            # Barge-in (cancellation) or the consumer leaving: no tool task outlives the turn.
-            live = [t for t in tasks if not t.done()]
-            for t in live:
-                t.cancel()
-            if live:
-                await asyncio.gather(*live, return_exceptions=True)
+            for scope in scopes:
+                scope.cancel()
+
+    async def _call_into(self, fn: Callable[..., Awaitable[ToolResult]], args: tuple[Any, ...],
+                         call: ToolCall, ctx: TurnContext, rnd: int,
+                         put: Callable[[ToolResult], None], scope: anyio.CancelScope | None) -> None:
+        """One call as a task: its result (an error result if anything escaped) goes to ``put``."""
+        with scope if scope is not None else contextlib.nullcontext():
+            try:
+                res = await fn(*args)
+            except BaseException as e:  # noqa: BLE001 - a tool never takes the turn down
+                if is_cancellation(e):
+                    raise
+                res = self._result(call, ctx, rnd, f"Error: the tool {call.name!r} failed: "
+                                   f"{type(e).__name__}: {e}", "error", 0.0)
+            put(res)
 
     def _result(self, call: ToolCall, ctx: TurnContext, rnd: int, content: str, status: str,
                 seconds: float) -> ToolResult:
@@ -590,13 +625,16 @@ class ToolCalling(Middleware):
         timeout = t.timeout if t.timeout is not None else self.tool_timeout
         t1 = monotonic()
         try:
-            content = await asyncio.wait_for(t.invoke(kwargs, ctx), timeout)
-        except asyncio.TimeoutError:
+            with anyio.fail_after(timeout):
+                content = await t.invoke(kwargs, ctx)
+        except TimeoutError:
             return self._result(call, ctx, rnd, f"Error: the tool {t.name!r} did not finish "
                                 f"within {timeout:g} s", "timeout", monotonic() - t1)
         except ToolError as e:
             return self._result(call, ctx, rnd, f"Error: {e}", "error", monotonic() - t1)
-        except Exception as e:  # noqa: BLE001 - a failing tool is a result, not a crash
+        except BaseException as e:  # noqa: BLE001 - a failing tool is a result, not a crash
+            if is_cancellation(e):
+                raise
             return self._result(call, ctx, rnd, f"Error: the tool {t.name!r} failed: "
                                 f"{type(e).__name__}: {e}", "error", monotonic() - t1)
         return self._result(call, ctx, rnd, content, "ok", monotonic() - t1)

@@ -19,12 +19,15 @@ instead of letting memory grow. Each stage is a method a subclass may override
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, AsyncIterator, Callable, Iterable
 
-from .bus import Bus, Middleware, RoundEnd, TurnContext
+import anyio
+
+from .bus import Bus, Middleware, RoundEnd, RoundOptions, TurnContext
 from .errors import OmniAgentError, UnsupportedInputError
 from .events import (
     AudioChunk,
@@ -40,13 +43,11 @@ from .events import (
     Utterance,
 )
 from .talker import Talker
+from .tasks import task_group
 from .thinker import GenerationSettings, Message, Thinker, ThinkerRequest
 from .trace import Segment, Trace
 
-__all__ = ["Agent", "Session", "TurnResult", "InMemoryHistory"]
-
-_DONE = object()
-_INTERRUPTED = object()
+__all__ = ["Agent", "Session", "TurnEvents", "TurnResult", "InMemoryHistory"]
 
 
 class InMemoryHistory:
@@ -270,29 +271,37 @@ class Agent:
 
     def build_request(self, ctx: TurnContext) -> ThinkerRequest:
         """The Thinker request for the next round of this turn."""
-        opts = ctx.state.pop("_next_request", {})
+        opts = ctx.take_next_round() or RoundOptions()
         messages = list(ctx.messages)
-        shape = opts.get("prompt")
-        if shape is not None:
+        if opts.prompt is not None:
             # A middleware may shape one round's prompt (e.g. tool examples for a small
             # model) without changing the turn's messages.
-            messages = list(shape(messages))
+            messages = list(opts.prompt(messages))
         return ThinkerRequest(
             messages=messages,
             tools=self.tools.openai_schemas() if self.tools is not None else [],
-            tool_choice=opts.get("tool_choice", "auto"),
-            settings=opts.get("settings", self.settings),
+            tool_choice=opts.tool_choice if opts.tool_choice is not None else "auto",
+            settings=opts.settings or self.settings,
             session_id=ctx.session_id,
             turn_id=ctx.turn_id,
-            constraint=opts.get("constraint"),
-            extra=opts.get("extra", {}),
+            constraint=opts.constraint,
+            extra=opts.extra,
         )
 
 
 class Session:
     """One conversation with an agent: its history and its current turn.
 
-    One turn runs at a time; :meth:`interrupt` cancels it (barge-in).
+    One turn runs at a time (a second one is refused at once, also while the first is
+    still in speech recognition); :meth:`interrupt` cancels it (barge-in). A turn is an
+    async context manager that owns every task of the turn::
+
+        async with session.turn("hello") as events:
+            async for event in events:
+                ...
+
+    :meth:`run` is the short form (an async generator: use it with ``aclosing`` when you
+    may stop before the end), :meth:`aask` collects the whole turn.
     """
 
     def __init__(self, agent: Agent, session_id: str):
@@ -300,9 +309,9 @@ class Session:
         self.id = session_id
         self.turn_id = 0
         self.state: dict[str, Any] = {}  # per session, free for middleware
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._out: asyncio.Queue[Any] | None = None
         self._ctx: TurnContext | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._out: asyncio.Queue[Any] | None = None
         self.last_trace: Trace | None = None
 
     @property
@@ -325,13 +334,14 @@ class Session:
         audio = bytearray()
         sr = None
         end: TurnEnd | None = None
-        async for ev in self.run(turn):
-            events.append(ev)
-            if isinstance(ev, AudioChunk):
-                audio += ev.pcm
-                sr = ev.sample_rate
-            elif isinstance(ev, TurnEnd):
-                end = ev
+        async with self.turn(turn) as stream:
+            async for ev in stream:
+                events.append(ev)
+                if isinstance(ev, AudioChunk):
+                    audio += ev.pcm
+                    sr = ev.sample_rate
+                elif isinstance(ev, TurnEnd):
+                    end = ev
         assert end is not None and self.last_trace is not None
         return TurnResult(end.text, end.spoken, end.reason, events, self.last_trace, bytes(audio), sr)
 
@@ -347,26 +357,47 @@ class Session:
         return bool(revise(self.id, heard))
 
     def interrupt(self, reason: str = "barge-in") -> bool:
-        """Cancel the running turn: Thinker, tools and Talker stop now. Returns False when
-        no turn was running. The turn's stream then ends with Interruption and TurnEnd."""
-        ctx, out = self._ctx, self._out
-        if ctx is None or out is None or ctx.interrupted:
+        """Cancel the running turn — speech recognition, input hooks, Thinker, tools,
+        Talker, a refusal's fallback line: whatever it is doing now stops. Returns False
+        when no turn was running. The turn's stream then ends with Interruption and TurnEnd."""
+        ctx, scope, out = self._ctx, self._scope, self._out
+        if ctx is None or scope is None or out is None or ctx.interrupted or scope.cancel_called:
             return False
         ctx.interrupted = True
-        ctx.state["_interrupt_reason"] = reason
+        ctx.interrupt_reason = reason
         ctx.trace.mark("interrupted")
-        for t in self._tasks:
-            t.cancel()
-        # Whatever was queued for output is moot now (it will not be played).
+        scope.cancel()
+        # Output queued but not yet read is moot now (it will not be played); the user's
+        # own turn stays, so the consumer still learns what it was answering.
+        kept = []
         while not out.empty():
-            out.get_nowait()
-        out.put_nowait(_INTERRUPTED)
+            ev = out.get_nowait()
+            if type(ev) not in _STALE:
+                kept.append(ev)
+        for ev in kept:
+            out.put_nowait(ev)
         return True
 
     # ------------------------------------------------------------------ one turn
 
-    async def run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
-        """Run one turn, yielding every event as it happens; ends with TurnEnd."""
+    def run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
+        """Run one turn, yielding every event as it happens; ends with TurnEnd.
+
+        The short form of :meth:`turn`. Use it with ``contextlib.aclosing`` if you may stop
+        reading before the end, so the turn is cancelled in your task at once."""
+        return self._run(turn)
+
+    async def _run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
+        async with self.turn(turn) as events:
+            async for ev in events:
+                yield ev
+
+    @contextlib.asynccontextmanager
+    async def turn(self, turn: str | UserTurn) -> AsyncIterator["TurnEvents"]:
+        """One turn as an async context manager: its task group owns the Thinker side,
+        the Talker side and any tool calls; leaving the block cancels whatever is still
+        running and waits for it. Raises :class:`OmniAgentError` at once when a turn is
+        already running on this session."""
         if self._ctx is not None:
             raise OmniAgentError(f"session {self.id} is already running a turn: wait for it "
                                  "or call interrupt() first")
@@ -380,88 +411,94 @@ class Session:
         self.turn_id += 1
         trace = Trace(self.id, self.turn_id, agent.keep_originals)
         turn.session_id, turn.turn_id = self.id, self.turn_id
-        history = agent.history.load(self.id)
         ctx = TurnContext(self.id, self.turn_id, trace, agent=agent, session_state=self.state,
                           lang=agent.lang)
-        await self._hear(turn, trace)
-        self._check_modalities(turn)
-
-        self._ctx = ctx
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=agent.out_buffer)
-        self._out = out
-        self._tasks = []
+        # Claimed before the first await: a second turn is refused from now on.
+        self._ctx, self._out, self._scope = ctx, out, anyio.CancelScope()
         try:
-            yield turn
-            accepted, blocker = await agent.bus.process_input(turn, ctx)
-            for e in ctx._emitted:
-                yield e
-            ctx._emitted.clear()
-            if accepted is None:
-                async for ev in self._refuse(ctx, blocker):
-                    yield ev
-                return
-            ctx.messages = self._prompt(history, accepted, ctx)
-            first_new = len(ctx.messages) - 1  # the user message and what follows are this turn's
-            talker = agent.talker
-            utt_q: asyncio.Queue[Any] | None = asyncio.Queue(maxsize=agent.talker_buffer) if talker else None
-            self._tasks.append(asyncio.ensure_future(self._pump(ctx, out, utt_q)))
-            if talker is not None:
-                self._tasks.append(asyncio.ensure_future(self._talk(ctx, out, utt_q, talker)))
-            display: list[str] = []
-            notes: list[str] = []
-            pending = len(self._tasks)
-            clause_mode = agent.display == "clause"
-            interrupted = False
-            while pending:
-                ev = await out.get()
-                if ev is _DONE:
-                    pending -= 1
-                    continue
-                if ev is _INTERRUPTED:
-                    interrupted = True
-                    break
-                if type(ev) is Utterance:
-                    if ev.added and not ev.text.strip() and ev.display:
-                        notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
-                    elif clause_mode and ev.display:
-                        display.append(ev.display)
-                elif type(ev) is TextDelta and not clause_mode:
-                    display.append(ev.text)
-                yield ev
-            await self._stop_tasks()
-            said = (" " if clause_mode else "").join(display).strip()
-            text = " ".join([said, *notes]).strip()
-            if interrupted:
-                yield Interruption(reason=ctx.state.get("_interrupt_reason", "barge-in"),
-                                   session_id=self.id, turn_id=self.turn_id)
-            reason = "interrupted" if interrupted else ("error" if trace.errors and not text else "completed")
-            self._finish_segments(trace, interrupted, talker is not None)
-            spoken = trace.spoken_text if talker is not None else ""
-            remembered = said  # display-only notes (sources) are not part of the conversation
-            if interrupted:
-                # Memory keeps what the user actually heard (or saw, for a text agent).
-                remembered = spoken if talker is not None else text
-            if reason != "error":
-                # A failed turn (the Thinker could not answer) is not remembered: its input
-                # would otherwise be re-sent, and fail again, on every later turn.
-                turn_msgs = ctx.messages[first_new:]
-                turn_msgs.append(Message("assistant", remembered))
-                agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
-            trace.mark("end")
-            yield TurnEnd(reason=reason, text=text, spoken=spoken, session_id=self.id, turn_id=self.turn_id)
+            # The turn's own tasks never raise (their errors are events), so an exception
+            # here came from the caller's block: task_group gives it back as raised.
+            async with task_group() as tg:
+                tg.start_soon(self._drive, turn, ctx, out, self._scope)
+                try:
+                    yield TurnEvents(out, ctx)
+                finally:
+                    tg.cancel_scope.cancel()  # a no-op when the turn has ended
         finally:
-            await self._stop_tasks()
             self.last_trace = trace
-            self._ctx = None
-            self._out = None
+            self._ctx = self._out = self._scope = None
 
-    async def _stop_tasks(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def _drive(self, turn: UserTurn, ctx: TurnContext, out: asyncio.Queue[Any],
+                     scope: anyio.CancelScope) -> None:
+        """The whole turn, inside one cancel scope (``interrupt()`` cancels it), then its
+        end: Interruption (if any), memory, TurnEnd."""
+        agent, trace = self.agent, ctx.trace
+        talker = agent.talker
+        clause_mode = agent.display == "clause"
+        display: list[str] = []
+        notes: list[str] = []
+        first_new: int | None = None
+        refused: str | None = None
+        with scope:
+            try:
+                await self._hear(turn, trace)
+                self._check_modalities(turn)
+            except Exception as e:  # noqa: BLE001 - raised to the consumer, as it was given
+                await out.put(_Raise(e))
+                return
+            history = agent.history.load(self.id)
+            await out.put(turn)
+            accepted, blocker = await agent.bus.process_input(turn, ctx)
+            for e in ctx.take_emitted():
+                await out.put(e)
+            if accepted is None:
+                refused = await self._refuse(ctx, blocker, out)
+            else:
+                ctx.messages = self._prompt(history, accepted, ctx)
+                first_new = len(ctx.messages) - 1  # the user message and what follows are this turn's
+                utt_q: asyncio.Queue[Any] | None = (asyncio.Queue(maxsize=agent.talker_buffer)
+                                                    if talker is not None else None)
+                try:
+                    async with task_group() as tg:
+                        ctx.task_group = tg
+                        if talker is not None:
+                            assert utt_q is not None
+                            tg.start_soon(self._talk, ctx, out, utt_q, talker)
+                        await self._think(ctx, out, utt_q, display, notes, clause_mode)
+                finally:
+                    ctx.task_group = None
+        # The turn's work is over: from here on an interrupt() has nothing left to stop.
+        scope.cancel()
+        interrupted = ctx.interrupted
+        if interrupted:
+            await out.put(Interruption(reason=ctx.interrupt_reason or "barge-in",
+                                       session_id=self.id, turn_id=self.turn_id))
+        if refused is not None and not interrupted:
+            trace.mark("end")
+            await out.put(TurnEnd(reason="blocked", text=refused, spoken=refused if talker else "",
+                                  session_id=self.id, turn_id=self.turn_id))
+            await out.put(_END)
+            return
+        said = (" " if clause_mode else "").join(display).strip()
+        text = " ".join([said, *notes]).strip()
+        reason = "interrupted" if interrupted else ("error" if trace.errors and not text else "completed")
+        self._finish_segments(trace, interrupted, talker is not None)
+        spoken = trace.spoken_text if talker is not None else ""
+        remembered = said  # display-only notes (sources) are not part of the conversation
+        if interrupted:
+            # Memory keeps what the user actually heard (or saw, for a text agent).
+            remembered = spoken if talker is not None else text
+        if reason != "error" and first_new is not None:
+            # A failed turn (the Thinker could not answer) is not remembered: its input
+            # would otherwise be re-sent, and fail again, on every later turn.
+            turn_msgs = ctx.messages[first_new:]
+            turn_msgs.append(Message("assistant", remembered))
+            agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
+        trace.mark("end")
+        await out.put(TurnEnd(reason=reason, text=text, spoken=spoken, session_id=self.id,
+                              turn_id=self.turn_id))
+        await out.put(_END)
 
     async def _hear(self, turn: UserTurn, trace: Trace) -> None:
         """Transcribe audio parts when the Thinker cannot take audio itself."""
@@ -511,21 +548,24 @@ class Session:
         msgs.append(Message("user", content))
         return msgs
 
-    async def _refuse(self, ctx: TurnContext, blocker: Middleware | None) -> AsyncIterator[Event]:
-        """The input rails blocked the user's turn: say the fallback line, run no Thinker."""
-        line = (ctx.state.pop("_block_fallback", None) or (blocker.fallback if blocker else None)
-                or self.agent.fallback or "")
+    async def _refuse(self, ctx: TurnContext, blocker: Middleware | None,
+                      out: asyncio.Queue[Any]) -> str:
+        """The input rails blocked the user's turn: say the fallback line, run no Thinker.
+        Runs inside the turn's scope, so an interruption stops the line mid-way."""
+        line = ctx.block_fallback or (blocker.fallback if blocker else None) or self.agent.fallback or ""
+        ctx.block_fallback = None
+        talker = self.agent.talker
         if line:
             utt = Utterance(text=line, display=line, fallback=True, session_id=self.id, turn_id=self.turn_id)
-            ctx.trace.segments.append(Segment(0, None, line, line, "blocked", fallback=True,
-                                              delivered=self.agent.talker is None))
-            yield utt
-            if self.agent.talker is not None:
-                async for chunk in self.agent.talker.speak(utt):
-                    yield chunk
-                ctx.trace.segments[-1].delivered = True
-        yield TurnEnd(reason="blocked", text=line, spoken=line if self.agent.talker else "",
-                      session_id=self.id, turn_id=self.turn_id)
+            seg = Segment(0, None, line, line, "blocked", fallback=True, delivered=talker is None)
+            ctx.trace.segments.append(seg)
+            await out.put(utt)
+            if talker is not None:
+                async for chunk in talker.speak(utt):
+                    chunk.session_id, chunk.turn_id = self.id, self.turn_id
+                    await out.put(chunk)
+                seg.delivered = True
+        return line
 
     # ------------------------------------------------------------------ the two services
 
@@ -539,14 +579,18 @@ class Session:
             if rnd == 0:
                 trace.mark("thinker_start")
             first = True
-            async for ev in agent.thinker.stream(request):
-                if first:
-                    first = False
-                    if rnd == 0:
-                        trace.mark("thinker_first_token")
-                ev.session_id = sid
-                ev.turn_id = tid
-                yield ev
+            stream = agent.thinker.stream(request)
+            try:
+                async for ev in stream:
+                    if first:
+                        first = False
+                        if rnd == 0:
+                            trace.mark("thinker_first_token")
+                    ev.session_id = sid
+                    ev.turn_id = tid
+                    yield ev
+            finally:
+                await _close(stream)  # barge-in reaches the backend now, not at GC
             yield RoundEnd(round=rnd, session_id=sid, turn_id=tid)
             follow = ctx.take_followup()
             if not follow:
@@ -604,12 +648,10 @@ class Session:
                 yield ev
                 continue
             original = ev.original if ev.original is not None else ev.text
-            ctx.state.pop("_block_fallback", None)
+            ctx.block_fallback = None
             out, blocker = await bus.process_utterance(ev, ctx)
-            if ctx._emitted:
-                for e in ctx._emitted:
-                    yield e
-                ctx._emitted.clear()
+            for e in ctx.take_emitted():
+                yield e
             keep = original if trace.keep_originals else None
             if out is not None:
                 if not trace.keep_originals:
@@ -621,34 +663,40 @@ class Session:
             if blocker is None:  # dropped on purpose (nothing to say for this clause)
                 trace.segments.append(Segment(ev.index, keep, "", "", "dropped"))
                 continue
-            line = ctx.state.pop("_block_fallback", None) or blocker.fallback or agent.fallback
+            line = ctx.block_fallback or blocker.fallback or agent.fallback
+            ctx.block_fallback = None
             trace.segments.append(Segment(ev.index, keep, line or "", line or "", "blocked", fallback=bool(line)))
             if line:
                 yield Utterance(text=line, display=line, index=ev.index, lang=ev.lang, fallback=True,
                                 session_id=self.id, turn_id=self.turn_id)
 
-    async def _pump(self, ctx: TurnContext, out: asyncio.Queue[Any], utt_q: asyncio.Queue[Any] | None) -> None:
-        """The Thinker side: rounds -> bus -> segmenter -> approval, into the output queue."""
+    async def _think(self, ctx: TurnContext, out: asyncio.Queue[Any], utt_q: asyncio.Queue[Any] | None,
+                     display: list[str], notes: list[str], clause_mode: bool) -> None:
+        """The Thinker side: rounds -> bus -> segmenter -> approval, into the output queue
+        (and approved clauses to the Talker). Plain generators: no task per stage."""
         bus = self.agent.bus
         chain = self._approved(self._segmented(bus.process_stream(self._rounds(ctx), ctx), ctx), ctx)
         try:
-            async for ev in chain:
-                if type(ev) is Utterance and utt_q is not None and ev.text.strip():
-                    await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
-                await out.put(ev)
-        except asyncio.CancelledError:
-            raise
+            async with contextlib.aclosing(chain):
+                async for ev in chain:
+                    t = type(ev)
+                    if t is Utterance:
+                        if utt_q is not None and ev.text.strip():
+                            await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
+                        if ev.added and not ev.text.strip() and ev.display:
+                            notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
+                        elif clause_mode and ev.display:
+                            display.append(ev.display)
+                    elif t is TextDelta and not clause_mode:
+                        display.append(ev.text)
+                    await out.put(ev)
         except Exception as e:  # noqa: BLE001 - a failed Thinker ends the turn, not the session
-            stage = "thinker"
             msg = str(e) or type(e).__name__
-            ctx.trace.error(stage, msg)
-            await out.put(ErrorEvent(message=msg, stage=stage, recoverable=True,
+            ctx.trace.error("thinker", msg)
+            await out.put(ErrorEvent(message=msg, stage="thinker", recoverable=True,
                                      session_id=self.id, turn_id=self.turn_id))
-        finally:
-            await chain.aclose()
         if utt_q is not None:
             await utt_q.put(None)
-        await out.put(_DONE)
 
     async def _talk(self, ctx: TurnContext, out: asyncio.Queue[Any], utt_q: asyncio.Queue[Any],
                     talker: Talker) -> None:
@@ -658,25 +706,27 @@ class Session:
         while True:
             utt = await utt_q.get()
             if utt is None:
-                break
+                return
             for s in trace.segments:
                 by_index.setdefault(s.index, s)
             seg = by_index.get(utt.index)
             if seg is not None and seg.status == "pending":
                 seg.status = "speaking"
             try:
-                async for chunk in talker.speak(utt):
-                    trace.mark("talker_first_audio")
-                    chunk.session_id, chunk.turn_id = self.id, self.turn_id
-                    chunk = await bus.process_audio(chunk, ctx)
-                    if chunk is not None:
-                        await out.put(chunk)
+                chunks = talker.speak(utt)
+                try:
+                    async for chunk in chunks:
+                        trace.mark("talker_first_audio")
+                        chunk.session_id, chunk.turn_id = self.id, self.turn_id
+                        chunk = await bus.process_audio(chunk, ctx)
+                        if chunk is not None:
+                            await out.put(chunk)
+                finally:
+                    await _close(chunks)
                 if seg is not None:
                     seg.delivered = True
                     if seg.status == "speaking":
                         seg.status = "spoken"
-            except asyncio.CancelledError:
-                raise
             except Exception as e:  # noqa: BLE001 - the text side goes on without this clause
                 msg = f"{type(e).__name__}: {e}"
                 trace.error("talker", msg)
@@ -684,7 +734,6 @@ class Session:
                     seg.status = "failed"
                 await out.put(ErrorEvent(message=f"the Talker failed on clause {utt.index} ({msg})",
                                          stage="talker", session_id=self.id, turn_id=self.turn_id))
-        await out.put(_DONE)
 
     @staticmethod
     def _finish_segments(trace: Trace, interrupted: bool, has_talker: bool) -> None:
@@ -695,3 +744,53 @@ class Session:
                     s.status = "shown"
             elif interrupted and s.status in ("pending", "speaking"):
                 s.status = "interrupted"
+
+
+class _Raise:
+    """Carries an exception from the turn's driver to its reader (bad input found late)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+_END = object()
+#: Output that an interruption makes moot if it is still on its way to the reader.
+_STALE = frozenset({AudioChunk, Utterance, TextDelta, ReasoningDelta})
+
+
+class TurnEvents:
+    """The events of one running turn, in order; ends after TurnEnd (see :meth:`Session.turn`)."""
+
+    __slots__ = ("_out", "_ctx", "_done")
+
+    def __init__(self, out: asyncio.Queue[Any], ctx: TurnContext):
+        self._out = out
+        self._ctx = ctx
+        self._done = False
+
+    def __aiter__(self) -> "TurnEvents":
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        while True:
+            ev = await self._out.get()
+            if ev is _END:
+                self._done = True
+                raise StopAsyncIteration
+            if type(ev) is _Raise:
+                self._done = True
+                raise ev.exc
+            if self._ctx.interrupted and type(ev) in _STALE:
+                continue
+            return ev
+
+
+async def _close(it: Any) -> None:
+    """Close an async iterator that can be closed (an async generator)."""
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        await close()

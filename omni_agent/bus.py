@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+
+import anyio
+import anyio.to_thread
 
 from .errors import Blocked
 from .events import (
@@ -44,10 +47,35 @@ from .events import (
     UserTurn,
     Utterance,
 )
-from .thinker import Message
+from .thinker import GenerationSettings, Message
 from .trace import Trace
 
-__all__ = ["Middleware", "TurnContext", "RoundEnd", "Bus", "hook", "as_middleware"]
+__all__ = ["Middleware", "TurnContext", "RoundEnd", "RoundOptions", "Bus", "hook", "as_middleware"]
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """True when ``exc`` is this task being cancelled (barge-in, shutdown) — the one
+    exception a hook must let through. A hook that raises ``CancelledError`` on its own
+    while nobody cancels its task is a broken hook, contained like any other error."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0
+
+
+@dataclass(slots=True)
+class RoundOptions:
+    """How the next Thinker round is asked, set by a middleware for that round only
+    (``ctx.next_round().tool_choice = "none"``). ``None`` keeps the agent's default."""
+
+    tool_choice: Any = None
+    #: Shapes the round's prompt without changing the turn's messages (tool examples).
+    prompt: Callable[[list[Message]], list[Message]] | None = None
+    settings: GenerationSettings | None = None
+    #: Constrained decoding for the round (e.g. a tool-call JSON schema).
+    constraint: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -79,7 +107,11 @@ class TurnContext:
         "_contexts",
         "_emitted",
         "_note",
+        "_next",
         "interrupted",
+        "interrupt_reason",
+        "block_fallback",
+        "task_group",
     )
 
     def __init__(
@@ -105,7 +137,16 @@ class TurnContext:
         self._contexts: list[Context] = []
         self._emitted: list[Event] = []
         self._note = ""
+        self._next: RoundOptions | None = None
+        #: True once the turn was interrupted (barge-in); ``interrupt_reason`` says why.
         self.interrupted = False
+        self.interrupt_reason: str | None = None
+        #: The fallback line a ``Blocked(fallback=...)`` asked for, for the block in hand.
+        self.block_fallback: str | None = None
+        #: The turn's anyio task group: middleware that run work concurrently within the
+        #: turn (tool calls) start it here, so the turn owns, cancels and awaits it.
+        #: None outside an agent turn (a bare Bus).
+        self.task_group: Any = None
 
     def note(self, reason: str) -> None:
         """Say why the current hook changed its item; the trace records it with the change.
@@ -143,6 +184,26 @@ class TurnContext:
         Stream-level middleware should rather ``yield`` it; this is for hooks."""
         event.session_id, event.turn_id = self.session_id, self.turn_id
         self._emitted.append(event)
+
+    def take_emitted(self) -> list[Event]:
+        """The events hooks emitted since the last call (and forget them)."""
+        if not self._emitted:
+            return []
+        out = list(self._emitted)
+        self._emitted.clear()
+        return out
+
+    def next_round(self) -> RoundOptions:
+        """The options of the next Thinker round (created on first use), to change how
+        that one round is asked: ``ctx.next_round().tool_choice = "none"``."""
+        if self._next is None:
+            self._next = RoundOptions()
+        return self._next
+
+    def take_next_round(self) -> RoundOptions | None:
+        """The next round's options, once (the agent reads them when it builds the round)."""
+        out, self._next = self._next, None
+        return out
 
 
 class Middleware:
@@ -247,6 +308,19 @@ def _text_of(item: Any) -> str | None:
     return t if isinstance(t, str) else (None if item is None else repr(item))
 
 
+class _WrongType(TypeError):
+    """A hook returned something other than its item, None, or a Blocked."""
+
+    def __init__(self, h: "_Hook", point: str, out: Any):
+        want = _EXPECTED[point].__name__
+        super().__init__(f"on_{point} returned a {type(out).__name__}, not a {want}: return the "
+                         f"{want} (changed or not), None to drop it, or raise Blocked")
+
+
+_EXPECTED: dict[str, type] = {"input": UserTurn, "event": Event, "utterance": Utterance,
+                              "audio": AudioChunk}
+
+
 @dataclass(slots=True)
 class _Hook:
     mw: Middleware
@@ -302,19 +376,29 @@ class Bus:
         before = _text_of(item)  # taken first: hooks may change the item in place
         t0 = perf_counter()
         try:
-            if h.is_async:
-                if h.timeout is not None:
-                    out = await asyncio.wait_for(h.fn(item, ctx), h.timeout)
-                else:
-                    out = await h.fn(item, ctx)
-            else:
+            if h.timeout is None:
                 out = h.fn(item, ctx)
                 if inspect.isawaitable(out):
                     out = await out
+            elif h.is_async:
+                with anyio.fail_after(h.timeout):
+                    out = await h.fn(item, ctx)
+            else:
+                # A sync hook with a budget runs on a worker thread: a hook that hangs
+                # (a blocking HTTP call, a sleep) stalls only itself, never the loop and so
+                # never the other sessions. Over budget, the thread is abandoned and the
+                # item blocked (fail-closed).
+                with anyio.fail_after(h.timeout):
+                    out = await anyio.to_thread.run_sync(h.fn, item, ctx, abandon_on_cancel=True)
+                    if inspect.isawaitable(out):
+                        out = await out
             if h.timeout is not None and perf_counter() - t0 > h.timeout:
-                # A sync hook cannot be stopped mid-way, but its late answer is refused.
-                raise asyncio.TimeoutError
-        except Exception as e:  # noqa: BLE001 - a crashing middleware must not end the session
+                raise TimeoutError  # a late answer is refused as well
+            if out is not None and out is not item and not isinstance(out, _EXPECTED[point]):
+                raise _WrongType(h, point, out)
+        except BaseException as e:  # noqa: BLE001 - a crashing middleware must not end the session
+            if is_cancellation(e):
+                raise
             return self._failed(h, item, ctx, point, e)
         reason, ctx._note = ctx._note, ""
         if out is None:
@@ -333,8 +417,8 @@ class Bus:
             ctx.trace.record(h.label, point, "block", _text_of(item), None, exc.reason)
             if exc.fallback:
                 # read (and cleared) by whoever handles the block, right after this hook
-                ctx.state["_block_fallback"] = exc.fallback
-        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                ctx.block_fallback = exc.fallback
+        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not isinstance(exc, _WrongType):
             ctx.trace.record(h.label, point, "timeout", _text_of(item), None,
                              f"over its time budget of {h.timeout}s: blocked (fail-closed)")
         else:
@@ -404,14 +488,18 @@ class Bus:
                     before = getattr(ev, "text", None)
                     try:
                         out = fn(ev, ctx)
-                    except Exception as e:  # noqa: BLE001 - fail-closed, recorded
+                        if out is not ev and out is not None and not isinstance(out, Event):
+                            raise _WrongType(h, "event", out)
+                    except BaseException as e:  # noqa: BLE001 - fail-closed, recorded
+                        if is_cancellation(e):
+                            raise
                         out, _ = self._failed(h, ev, ctx, "event", e)
                     else:
                         if out is None:
                             ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
                             ctx._note = ""
-                        elif getattr(out, "text", None) != before:
-                            ctx.trace.record(h.label, "event", "rewrite", before, out.text, ctx._note)
+                        elif (after := getattr(out, "text", None)) != before:
+                            ctx.trace.record(h.label, "event", "rewrite", before, after, ctx._note)
                             ctx._note = ""
                     ev = out
                     if ev is None:
@@ -455,7 +543,9 @@ class Bus:
                         yield e
                     ctx._emitted.clear()
                 yield ev
-        except Exception as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - contained: the turn goes on
+            if is_cancellation(e) or isinstance(e, GeneratorExit):
+                raise
             msg = f"{type(e).__name__}: {e}"
             ctx.trace.record(label, "stream", "error", None, None, f"{msg}; rest of the stream blocked (fail-closed)")
             ctx.trace.error(f"middleware:{label}", msg)

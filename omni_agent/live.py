@@ -3,10 +3,10 @@
 A :class:`LiveSession` wraps one agent :class:`~omni_agent.agent.Session` for a caller
 that streams microphone audio (the WebSocket server, a desktop app, a phone bridge)::
 
-    live = LiveSession(agent.session(), vad=vad)
-    live.feed(pcm16_bytes)              # as audio arrives, any chunk size
-    async for msg in live.messages():   # events (UserTurn, Utterance, AudioChunk, TurnEnd,
-        ...                             # Interruption ...) and small control dicts
+    async with LiveSession(agent.session(), vad=vad) as live:   # owns the session's tasks
+        live.feed(pcm16_bytes)              # as audio arrives, any chunk size
+        async for msg in live.messages():   # events (UserTurn, Utterance, AudioChunk, TurnEnd,
+            ...                             # Interruption ...) and small control dicts
 
 What it does with the audio:
 
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any, AsyncIterator, Callable, Protocol, Union, runtime_checkable
 
+import anyio
 import numpy as np
 
 from .errors import AudioInputError, ConfigError, OmniAgentError
@@ -50,6 +51,7 @@ from .events import (
     UserTurn,
     Utterance,
 )
+from .tasks import task_group
 
 __all__ = [
     "LiveConfig",
@@ -301,6 +303,11 @@ class _Outbox:
         self._items.append(item)
         self._readable.set()
 
+    def unbound(self) -> None:
+        """From now on ``put`` never waits (the session is ending: a few messages more)."""
+        self.maxsize = 1 << 30
+        self._space.set()
+
     def drop(self, pred: Callable[[LiveMessage], bool]) -> int:
         """Remove queued messages matching ``pred``; returns how many."""
         keep = [m for m in self._items if not pred(m)]
@@ -382,9 +389,11 @@ class LiveSession:
     :func:`default_vad`. ``config`` — a :class:`LiveConfig`. ``outbox_size`` bounds the
     messages waiting for a slow client.
 
-    The caller feeds audio with :meth:`feed` (and text with :meth:`submit_text`), reads
-    :meth:`messages` in another task, and calls :meth:`aclose` at the end; every task the
-    session starts is owned and awaited by it.
+    Use it as an async context manager: the block owns the session's task group, so each
+    user turn (speech recognition, the agent's turn) is a task of it, cancelled by a
+    barge-in and awaited when the block ends. Inside, the caller feeds audio with
+    :meth:`feed` (and text with :meth:`submit_text`) and reads :meth:`messages` (in
+    another task of its own); :meth:`aclose` ends the session early.
     """
 
     def __init__(self, session: Any, *, vad: VAD | None = None, config: LiveConfig | None = None,
@@ -407,8 +416,11 @@ class LiveSession:
         self._ignoring = False  # speech heard while barge-in is off and the agent talks
         self._barged_this_speech = False
         self._talking_at_start = False
-        # turn state
-        self._turn_task: asyncio.Task[Any] | None = None
+        # turn state: the running turn's cancel scope and a flag set when it has ended
+        self._tg: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._turn_scope: anyio.CancelScope | None = None
+        self._turn_done: anyio.Event | None = None
         self._reply: _ReplyAudio | None = None
         self._play_until = 0.0  # when the client will (about) have played all audio sent
         self._barge_t: float | None = None
@@ -427,7 +439,23 @@ class LiveSession:
     @property
     def agent_busy(self) -> bool:
         """True while a turn runs (listening to ASR, thinking or talking)."""
-        return self._turn_task is not None and not self._turn_task.done()
+        return self._turn_done is not None and not self._turn_done.is_set()
+
+    async def __aenter__(self) -> "LiveSession":
+        if self._tg is not None:
+            raise OmniAgentError("this live session is already running")
+        self._stack = contextlib.AsyncExitStack()
+        self._tg = await self._stack.enter_async_context(task_group())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        tg, stack = self._tg, self._stack
+        try:
+            await self.aclose()
+        finally:
+            self._tg = None
+            tg.cancel_scope.cancel()  # nothing of this session outlives the block
+        return await stack.__aexit__(*exc)
 
     @property
     def agent_talking(self) -> bool:
@@ -601,9 +629,9 @@ class LiveSession:
             if self._client_reports_playback:
                 self._playback_reported.clear()  # the next turn waits (briefly) for its report
         if busy and not self.session.interrupt(reason):
-            # Still before the agent's turn proper (ASR, waiting): cancel our task itself.
-            assert self._turn_task is not None
-            self._turn_task.cancel()
+            # Still before the agent's turn proper (ASR, waiting): cancel our turn itself.
+            assert self._turn_scope is not None
+            self._turn_scope.cancel()
         # Audio already queued for the client will never be wanted now.
         self._outbox.drop(lambda m: isinstance(m, AudioChunk))
         self._outbox.put_nowait({"type": "stop_playback", "turn_id": turn_id, "reason": reason})
@@ -652,17 +680,29 @@ class LiveSession:
     # ------------------------------------------------------------------ turns
 
     def _start_turn(self, turn: UserTurn, t_input_end: float) -> None:
-        prev = self._turn_task
-        self._turn_task = asyncio.ensure_future(self._turn(turn, t_input_end, prev))
+        if self._tg is None:
+            raise OmniAgentError("the live session is not running: use it as "
+                                 "`async with LiveSession(...) as live:`")
+        prev = self._turn_done
+        scope, done = anyio.CancelScope(), anyio.Event()
+        self._turn_scope, self._turn_done = scope, done
+        self._tg.start_soon(self._turn, turn, t_input_end, prev, scope, done)
 
-    async def _turn(self, turn: UserTurn, t0: float, prev: asyncio.Task[Any] | None) -> None:
-        if prev is not None and not prev.done():
+    async def _turn(self, turn: UserTurn, t0: float, prev: anyio.Event | None,
+                    scope: anyio.CancelScope, done: anyio.Event) -> None:
+        try:
+            with scope:
+                await self._turn_body(turn, t0, prev)
+        finally:
+            done.set()
+
+    async def _turn_body(self, turn: UserTurn, t0: float, prev: anyio.Event | None) -> None:
+        if prev is not None:
             # It was interrupted (barge-in) just before: let it finish cancelling.
-            await asyncio.gather(prev, return_exceptions=True)
+            await prev.wait()
         if not self._playback_reported.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._playback_reported.wait(),
-                                       self.config.playback_wait_ms / 1000.0)
+            with anyio.move_on_after(self.config.playback_wait_ms / 1000.0):
+                await self._playback_reported.wait()
         agent = self.session.agent
         asr_s = 0.0
         try:
@@ -682,8 +722,6 @@ class LiveSession:
                     await self._outbox.put({"type": "no_speech", "asr_ms": round(asr_s * 1000, 1)})
                     return
             await self._run(turn, t0, asr_s)
-        except asyncio.CancelledError:
-            raise
         except OmniAgentError as e:
             await self._outbox.put(ErrorEvent(message=str(e), stage="input",
                                               session_id=self.session.id))
@@ -698,9 +736,9 @@ class LiveSession:
         first_audio: float | None = None
         end: TurnEnd | None = None
         self.turns += 1
-        # aclosing: if this task is cancelled the turn's generator is closed at once, which
-        # cancels and awaits its Thinker and Talker tasks (nothing is left running).
-        async with contextlib.aclosing(session.run(turn)) as events:
+        # The agent's turn owns its Thinker and Talker tasks: if this task is cancelled,
+        # leaving the block cancels and awaits them (nothing is left running).
+        async with session.turn(turn) as events:
             async for ev in events:
                 t = type(ev)
                 if t is UserTurn:
@@ -769,20 +807,23 @@ class LiveSession:
 
     async def wait_idle(self) -> None:
         """Wait until the running turn (if any) has ended."""
-        task = self._turn_task
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+        done = self._turn_done
+        if done is not None:
+            await done.wait()
 
     async def aclose(self, *, finish: bool = False) -> None:
         """End the session: cancel the running turn (or, with ``finish``, let it end) and
-        wait until every task of the session is done. Idempotent."""
+        wait until it is done; no more messages after that. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        task = self._turn_task
-        if task is not None and not task.done():
-            if not finish:
-                if not self.session.interrupt("session closed"):
-                    task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        if not finish:
+            # The last few messages of a cancelled turn (interruption, turn end) still go
+            # to a client that reads, but never wait for room: a turn must not stay blocked
+            # on a client that stopped reading, holding its slot.
+            self._outbox.unbound()
+            if self.agent_busy and not self.session.interrupt("session closed"):
+                assert self._turn_scope is not None
+                self._turn_scope.cancel()
+        await self.wait_idle()
         self._outbox.close()

@@ -69,7 +69,7 @@ class Collector:
         return self.of(kind)[n - 1]
 
     async def close(self):
-        await self.live.aclose()
+        await self.live.__aexit__(None, None, None)  # ends the session's task group
         await self.task
 
 
@@ -84,8 +84,9 @@ async def speak(live: LiveSession, pcm: bytes, realtime: bool = True, chunk_ms: 
             await asyncio.sleep(0)
 
 
-def make_live(agent: Agent, **cfg) -> tuple[LiveSession, Collector]:
-    live = LiveSession(agent.session(), vad=EnergyVAD(), config=LiveConfig(**cfg))
+async def make_live(agent: Agent, **cfg) -> tuple[LiveSession, Collector]:
+    """A running live session (entered: it owns its task group until ``out.close()``)."""
+    live = await LiveSession(agent.session(), vad=EnergyVAD(), config=LiveConfig(**cfg)).__aenter__()
     return live, Collector(live)
 
 
@@ -96,7 +97,7 @@ async def test_speech_then_silence_becomes_one_user_turn_with_its_audio():
     ears = ScriptedEars("what time is it")
     agent = Agent(thinker=ScriptedThinker("It is noon.", accepts=["text"]), talker=RecordingTalker(),
                   ears=ears)
-    live, out = make_live(agent, end_silence_ms=400)
+    live, out = await make_live(agent, end_silence_ms=400)
     await speak(live, silence(0.3) + tone(0.8) + silence(0.6), realtime=False)
     end = await out.wait_for("turn_end")
     assert end.text == "It is noon."
@@ -112,7 +113,7 @@ async def test_speech_then_silence_becomes_one_user_turn_with_its_audio():
 async def test_noise_the_ears_find_empty_starts_no_turn():
     thinker = ScriptedThinker("Should not be said.", accepts=["text"])
     agent = Agent(thinker=thinker, talker=RecordingTalker(), ears=ScriptedEars(""))
-    live, out = make_live(agent, end_silence_ms=300)
+    live, out = await make_live(agent, end_silence_ms=300)
     await speak(live, tone(0.4) + silence(0.5), realtime=False)
     await out.wait_for("no_speech")
     await live.wait_idle()
@@ -122,7 +123,7 @@ async def test_noise_the_ears_find_empty_starts_no_turn():
 
 async def test_speech_shorter_than_min_speech_is_not_a_turn():
     agent = Agent(thinker=ScriptedThinker("x", accepts=["text"]), ears=ScriptedEars())
-    live, out = make_live(agent, min_speech_ms=200)
+    live, out = await make_live(agent, min_speech_ms=200)
     await speak(live, tone(0.1) + silence(1.0), realtime=False)
     await asyncio.sleep(0.05)
     assert "speech_started" not in out.kinds()
@@ -132,7 +133,7 @@ async def test_speech_shorter_than_min_speech_is_not_a_turn():
 async def test_a_user_turn_past_max_turn_seconds_is_dropped_with_a_clear_error_and_the_session_goes_on():
     ears = ScriptedEars("hi")
     agent = Agent(thinker=ScriptedThinker("Hello.", accepts=["text"]), ears=ears)
-    live, out = make_live(agent, max_turn_seconds=1.0, end_silence_ms=300)
+    live, out = await make_live(agent, max_turn_seconds=1.0, end_silence_ms=300)
     await speak(live, tone(1.5) + silence(0.5), realtime=False)
     err = await out.wait_for("error")
     assert err["code"] == "audio_too_long" and "1 s" in err["message"]
@@ -200,7 +201,7 @@ async def test_barge_in_cancels_thinker_and_talker_within_100_ms_of_detected_spe
     thinker = TimedThinker([["Here is a long answer. "] + words])
     talker = TimedTalker()
     agent = Agent(thinker=thinker, talker=talker, ears=ScriptedEars("tell me a story", "stop"))
-    live, out = make_live(agent, min_interrupt_ms=200, end_silence_ms=300)
+    live, out = await make_live(agent, min_interrupt_ms=200, end_silence_ms=300)
     await speak(live, tone(0.4) + silence(0.4))
     await out.wait_for("audio_chunk")
     assert live.agent_busy
@@ -244,7 +245,7 @@ async def test_barge_in_cancels_a_running_tool_within_100_ms():
                                 {"tool_call": {"name": "slow_lookup", "arguments": {"query": "x"}}}],
                                "Done."], accepts=["text"])
     agent = Agent(thinker=thinker, talker=RecordingTalker(realtime=1.0), tools=[slow_lookup])
-    live, out = make_live(agent)
+    live, out = await make_live(agent)
     live.submit_text("look it up")
     await out.wait_for("tool_call")
     await asyncio.sleep(0.1)
@@ -258,7 +259,7 @@ async def test_barge_in_cancels_a_running_tool_within_100_ms():
 async def test_speech_shorter_than_min_interrupt_neither_interrupts_nor_becomes_a_turn():
     agent = Agent(thinker=TimedThinker([[f"w{i} " for i in range(40)]]), talker=TimedTalker(),
                   ears=ScriptedEars("cough"))
-    live, out = make_live(agent, min_interrupt_ms=400, min_speech_ms=100)
+    live, out = await make_live(agent, min_interrupt_ms=400, min_speech_ms=100)
     live.submit_text("talk")
     await out.wait_for("audio_chunk")
     await speak(live, tone(0.2) + silence(0.7))  # a cough
@@ -272,7 +273,7 @@ async def test_speech_shorter_than_min_interrupt_neither_interrupts_nor_becomes_
 async def test_with_barge_in_off_speech_during_the_reply_is_ignored():
     agent = Agent(thinker=ScriptedThinker(["One two three. Four five six."], accepts=["text"]),
                   talker=RecordingTalker(realtime=1.0, seconds_per_char=0.02), ears=ScriptedEars("hm"))
-    live, out = make_live(agent, barge_in=False, end_silence_ms=300)
+    live, out = await make_live(agent, barge_in=False, end_silence_ms=300)
     live.submit_text("count")
     await out.wait_for("audio_chunk")
     await speak(live, tone(0.4) + silence(0.4))
@@ -288,7 +289,7 @@ async def test_with_barge_in_off_speech_during_the_reply_is_ignored():
 
 async def test_barge_in_can_be_switched_on_for_a_running_session():
     agent = Agent(thinker=TimedThinker([[f"w{i} " for i in range(40)]]), talker=TimedTalker())
-    live, out = make_live(agent, barge_in=False)
+    live, out = await make_live(agent, barge_in=False)
     live.config = LiveConfig(barge_in=True)
     live.submit_text("talk")
     await out.wait_for("audio_chunk")
@@ -314,7 +315,7 @@ async def test_after_barge_in_memory_keeps_only_what_the_client_played():
     thinker = ScriptedThinker(["One two three four five six. Seven eight nine ten eleven twelve.", "Sure."],
                               accepts=["text"])
     agent = Agent(thinker=thinker, talker=RecordingTalker(seconds_per_char=0.04))
-    live, out = make_live(agent)
+    live, out = await make_live(agent)
     live.submit_text("count for me")
     end = await out.wait_for("turn_end")
     assert end.reason == "completed"
@@ -336,7 +337,7 @@ async def test_after_barge_in_memory_keeps_only_what_the_client_played():
 async def test_barge_in_mid_synthesis_remembers_at_most_what_was_spoken_then_what_was_played():
     thinker = TimedThinker([["Alpha beta gamma. ", "Delta epsilon zeta. "] + [f"w{i} " for i in range(40)]])
     agent = Agent(thinker=thinker, talker=TimedTalker(), ears=ScriptedEars("go", "wait"))
-    live, out = make_live(agent)
+    live, out = await make_live(agent)
     live.submit_text("go")
     await out.wait_for("audio_chunk", 3)
     await speak(live, tone(0.4))
@@ -355,7 +356,7 @@ async def test_closing_a_live_session_mid_turn_cancels_everything():
     thinker = TimedThinker([[f"w{i} " for i in range(100)]])
     talker = TimedTalker()
     agent = Agent(thinker=thinker, talker=talker)
-    live, out = make_live(agent)
+    live, out = await make_live(agent)
     live.submit_text("go")
     await out.wait_for("audio_chunk")
     await out.close()
@@ -389,7 +390,8 @@ async def test_real_vad_and_ears_turn_piper_speech_into_a_transcribed_turn(piper
 
     agent = Agent(thinker=ScriptedThinker("Paris.", accepts=["text"]), talker=RecordingTalker(),
                   ears=Ears())
-    live = LiveSession(agent.session(), vad=default_vad(), config=LiveConfig(end_silence_ms=500))
+    live = await LiveSession(agent.session(), vad=default_vad(),
+                             config=LiveConfig(end_silence_ms=500)).__aenter__()
     out = Collector(live)
     await speak(live, silence(0.5) + piper_question + silence(1.0), realtime=False)
     turn = await out.wait_for("user_turn", timeout=60)

@@ -38,6 +38,7 @@ from pathlib import Path
 from time import monotonic
 from typing import Any
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -50,6 +51,7 @@ from ..audio import decode_audio, float_to_pcm16, wav_bytes
 from ..errors import AudioInputError, ConfigError, OmniAgentError, UnsupportedInputError
 from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
 from ..live import MAX_AUDIO_SECONDS, LiveConfig, LiveSession, VAD
+from ..tasks import task_group
 
 __all__ = ["AgentServer", "ServerConfig", "STATIC_DIR", "audio_frame", "parse_audio_frame"]
 
@@ -63,6 +65,7 @@ WS_GOING_AWAY = 1001
 WS_UNSUPPORTED = 1003
 WS_POLICY = 1008
 WS_TOO_BIG = 1009
+WS_INTERNAL = 1011
 WS_TRY_LATER = 1013
 
 
@@ -86,6 +89,10 @@ class ServerConfig:
     * ``live`` — defaults for live sessions (VAD timing, barge-in); a client may change
       its own with a ``configure`` message.
     * ``forget_on_close`` — drop a live session's history when its socket closes.
+    * ``send_timeout`` — seconds one message to a live client may take to send; a client
+      that stops reading is disconnected after that (its slot is freed).
+    * ``max_http_turns_per_client`` / ``max_http_turns`` — HTTP turns running at once, per
+      client address and in all; more are refused (429 / 503) instead of queueing.
     """
 
     token: str | None = None
@@ -98,6 +105,9 @@ class ServerConfig:
     max_protocol_errors: int = 20
     live: LiveConfig = field(default_factory=LiveConfig)
     forget_on_close: bool = True
+    send_timeout: float = 10.0
+    max_http_turns_per_client: int = 4
+    max_http_turns: int = 64
 
     def check(self) -> "ServerConfig":
         """Validate; raises :class:`ConfigError` naming the bad value."""
@@ -107,11 +117,14 @@ class ServerConfig:
             raise ConfigError(f"max_audio_seconds must be in (0, {MAX_AUDIO_SECONDS:.0f}] "
                               f"(40 minutes at most), not {self.max_audio_seconds!r}")
         for name in ("max_message_bytes", "max_request_bytes", "max_sessions_per_client",
-                     "max_sessions", "max_protocol_errors"):
+                     "max_sessions", "max_protocol_errors", "max_http_turns_per_client",
+                     "max_http_turns"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if self.shutdown_grace < 0:
             raise ConfigError("shutdown_grace must be >= 0 seconds")
+        if not self.send_timeout > 0:
+            raise ConfigError("send_timeout must be > 0 seconds")
         self.live = replace(self.live, max_turn_seconds=min(self.live.max_turn_seconds,
                                                             self.max_audio_seconds)).check()
         return self
@@ -157,10 +170,12 @@ class _Metrics:
 class _Conn:
     """One live WebSocket connection."""
 
-    __slots__ = ("ws", "live", "client", "binary_audio", "errors", "closing", "seq")
+    __slots__ = ("ws", "live", "client", "binary_audio", "errors", "closing", "seq", "close_reason")
 
     def __init__(self, ws: WebSocket, live: LiveSession, client: str, binary_audio: bool):
         self.ws = ws
+        #: (code, reason) the socket is closed with when the connection ends.
+        self.close_reason: tuple[int, str] | None = None
         self.live = live
         self.client = client
         self.binary_audio = binary_audio
@@ -191,7 +206,9 @@ class AgentServer:
         self._per_client: dict[str, int] = {}
         self._in_use: set[str] = set()  # session ids with a turn running or a live socket
         self._http_turns = 0
-        self._http_tasks: set[asyncio.Task[Any]] = set()
+        self._http_per_client: dict[str, int] = {}
+        self._http_idle = asyncio.Event()
+        self._http_idle.set()
         self._http_sessions: dict[str, Any] = {}  # session id -> Session with an HTTP turn running
         self.draining = False
         self._drained = False
@@ -249,6 +266,14 @@ class AgentServer:
         agent_server = self
 
         class _Server(uvicorn.Server):
+            def __init__(self, config: Any):
+                super().__init__(config)
+                self.ready = asyncio.Event()  # set once listening (or failed to)
+
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                self.ready.set()
+
             async def shutdown(self, sockets: Any = None) -> None:  # noqa: D401
                 for s in getattr(self, "servers", []):
                     s.close()  # accept no new connections while turns finish
@@ -267,18 +292,30 @@ class AgentServer:
                 httpx.post(f"{url}/v1/turn", json={"text": "hi"})
         """
         srv = self.make_uvicorn(host, port, **kw)
-        task = asyncio.ensure_future(srv.serve())
-        while not srv.started:
-            if task.done():
-                task.result()  # raises why it could not start (port in use...)
-                raise OmniAgentError(f"the agent server did not start on {host}:{port}")
-            await asyncio.sleep(0.01)
-        bound = srv.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://{host}:{bound}"
-        finally:
-            srv.should_exit = True
-            await task
+        failed: list[BaseException] = []
+
+        async def serve() -> None:
+            try:
+                await srv.serve()
+            except BaseException as e:  # noqa: BLE001 - uvicorn exits (SystemExit) when it cannot bind
+                if isinstance(e, anyio.get_cancelled_exc_class()):
+                    raise
+                failed.append(e)
+            finally:
+                srv.ready.set()  # wakes the start-up wait below, whatever happened
+
+        async with task_group() as tg:
+            tg.start_soon(serve)
+            await srv.ready.wait()
+            if failed or not srv.started:
+                why = f" ({failed[0]!r})" if failed else ""
+                raise OmniAgentError(f"the agent server did not start on {host}:{port}{why}: "
+                                     "is the port in use?")
+            bound = srv.servers[0].sockets[0].getsockname()[1]
+            try:
+                yield f"http://{host}:{bound}"
+            finally:
+                srv.should_exit = True
 
     def run(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> None:
         """Serve until SIGINT/SIGTERM, then shut down gracefully."""
@@ -302,18 +339,21 @@ class AgentServer:
         for c in list(self._conns):
             await self._send_json(c, {"type": "shutdown", "grace_s": grace,
                                       "message": "the server is shutting down"})
-        deadline = monotonic() + grace
-        while monotonic() < deadline and (self._http_turns or any(c.live.agent_busy for c in self._conns)):
-            await asyncio.sleep(0.02)
+        # Wait (on events, not polls) until every running turn has ended, or the grace is up.
+        with anyio.move_on_after(grace):
+            async with task_group() as tg:
+                for c in list(self._conns):
+                    tg.start_soon(c.live.wait_idle)
+                tg.start_soon(self._http_idle.wait)
         for c in list(self._conns):
             c.closing = True
             await c.live.aclose()
             with contextlib.suppress(Exception):
-                await c.ws.close(WS_GOING_AWAY, "server shutting down")
-        for s in list(self._http_sessions.values()):
-            s.interrupt("server shutting down")
-        if self._http_tasks:
-            await asyncio.gather(*self._http_tasks, return_exceptions=True)
+                with anyio.move_on_after(1.0):
+                    await c.ws.close(WS_GOING_AWAY, "server shutting down")
+        for sess in list(self._http_sessions.values()):
+            sess.interrupt("server shutting down")
+        await self._http_idle.wait()
         self._drained = True
 
     # ------------------------------------------------------------------ helpers
@@ -367,6 +407,16 @@ class AgentServer:
         self._in_use.add(session_id)
         return session_id
 
+    async def _watch_disconnect(self, request: Request, session: Any) -> None:
+        """Wait for the client to hang up (the body is read by now, so the next ASGI
+        message is the disconnect), then interrupt its turn."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                self.metrics.rejected.labels("client_gone").inc()
+                session.interrupt("client went away")
+                return
+
     # ------------------------------------------------------------------ HTTP endpoints
 
     async def _index(self, request: Request) -> Response:
@@ -396,6 +446,9 @@ class AgentServer:
             body = await self._body(request)
             try:
                 data = json.loads(body)
+            except RecursionError:
+                raise _Reject(400, "bad_json", "the body is nested too deeply; send "
+                              '{"text": "..."}') from None
             except (ValueError, UnicodeDecodeError) as e:
                 raise _Reject(400, "bad_json", f"the body is not valid JSON ({e}); send "
                               '{"text": "..."}') from None
@@ -408,8 +461,9 @@ class AgentServer:
             text = data.get("text")
             if not isinstance(text, str) or not text.strip():
                 raise _Reject(400, "bad_request", 'give the user\'s words as {"text": "..."} (a non-empty string)')
+            _check_unicode(text, lambda code, msg: _Reject(400, code, msg))
             turn = UserTurn(parts=[TextPart(text)])
-            return await self._one_turn(turn, data.get("session_id"), bool(data.get("audio")),
+            return await self._one_turn(request, turn, data.get("session_id"), bool(data.get("audio")),
                                         bool(data.get("events")), "http")
         except _Reject as r:
             return self._error(r.status, r.code, r.message)
@@ -438,18 +492,25 @@ class AgentServer:
                               f"{limit:.0f} s ({limit / 60:.0f} minutes) is accepted per request")
             part = AudioPart(pcm=float_to_pcm16(samples), sample_rate=rate, mime="audio/L16")
             flag = lambda k: q.get(k, "").lower() in ("1", "true", "yes")  # noqa: E731
-            return await self._one_turn(UserTurn(parts=[part]), q.get("session_id"), flag("audio"),
+            return await self._one_turn(request, UserTurn(parts=[part]), q.get("session_id"), flag("audio"),
                                         flag("events"), "http")
         except _Reject as r:
             return self._error(r.status, r.code, r.message)
 
-    async def _one_turn(self, turn: UserTurn, session_id: Any, want_audio: bool, want_events: bool,
-                        transport: str) -> Response:
+    async def _one_turn(self, request: Request, turn: UserTurn, session_id: Any, want_audio: bool,
+                        want_events: bool, transport: str) -> Response:
+        client = request.client.host if request.client else "unknown"
+        if self._http_turns >= self.config.max_http_turns:
+            raise _Reject(503, "server_busy", f"the server is running {self._http_turns} HTTP turns: "
+                          "try again shortly")
+        if self._http_per_client.get(client, 0) >= self.config.max_http_turns_per_client:
+            raise _Reject(429, "too_many_turns", f"this client already has "
+                          f"{self.config.max_http_turns_per_client} turns running: wait for one "
+                          "to finish")
         sid = self._claim(session_id)
         self._http_turns += 1
-        task = asyncio.current_task()
-        if task is not None:
-            self._http_tasks.add(task)
+        self._http_per_client[client] = self._http_per_client.get(client, 0) + 1
+        self._http_idle.clear()
         t0 = monotonic()
         first_audio: float | None = None
         try:
@@ -458,19 +519,24 @@ class AgentServer:
             audio = bytearray()
             rate = None
             end: TurnEnd | None = None
-            async with contextlib.aclosing(session.run(turn)) as stream:
-                async for ev in stream:
-                    if type(ev) is AudioChunk:
-                        if first_audio is None:
-                            first_audio = monotonic()
-                        audio += ev.pcm
-                        rate = ev.sample_rate
-                    elif type(ev) is ErrorEvent:
-                        self.metrics.errors.labels(ev.stage or "unknown").inc()
-                    elif type(ev) is TurnEnd:
-                        end = ev
-                    if want_events:
-                        events.append(ev)
+            # The turn and a watch on the client share one task group: a client that goes
+            # away interrupts its turn (nobody would read the answer).
+            async with task_group() as tg:
+                tg.start_soon(self._watch_disconnect, request, session)
+                async with session.turn(turn) as stream:
+                    async for ev in stream:
+                        if type(ev) is AudioChunk:
+                            if first_audio is None:
+                                first_audio = monotonic()
+                            audio += ev.pcm
+                            rate = ev.sample_rate
+                        elif type(ev) is ErrorEvent:
+                            self.metrics.errors.labels(ev.stage or "unknown").inc()
+                        elif type(ev) is TurnEnd:
+                            end = ev
+                        if want_events:
+                            events.append(ev)
+                tg.cancel_scope.cancel()
         except (UnsupportedInputError, AudioInputError) as e:
             self.metrics.errors.labels("input").inc()
             return self._error(400, "unsupported_input", str(e))
@@ -479,8 +545,13 @@ class AgentServer:
             return self._error(400, "agent_error", str(e))
         finally:
             self._http_turns -= 1
-            if task is not None:
-                self._http_tasks.discard(task)
+            n = self._http_per_client.get(client, 1) - 1
+            if n > 0:
+                self._http_per_client[client] = n
+            else:
+                self._http_per_client.pop(client, None)
+            if not self._http_turns:
+                self._http_idle.set()
             self._in_use.discard(sid)
             self._http_sessions.pop(sid, None)
             self.agent.close_session(sid)  # the history stays: session_id continues it
@@ -577,7 +648,6 @@ class AgentServer:
         session = self.agent.session(sid)
         conn = _Conn(ws, LiveSession(session, vad=self._vad, config=live_cfg), client, binary)
         self._conns.add(conn)
-        sender: asyncio.Task[Any] | None = None
         try:
             await ws.accept()
             talker = self.agent.talker
@@ -592,16 +662,17 @@ class AgentServer:
                 "limits": {"max_message_bytes": self.config.max_message_bytes,
                            "max_audio_seconds": self.config.max_audio_seconds},
             }))
-            sender = asyncio.ensure_future(self._sender(conn))
-            await self._receiver(conn)
+            # The connection owns its tasks: the live session's turns, the sender and the
+            # receiver (this task). Whichever of sender and receiver ends first ends the
+            # connection; the block then cancels and awaits everything else.
+            async with conn.live, task_group() as tg:
+                tg.start_soon(self._send_loop, conn, tg.cancel_scope)
+                await self._receive_loop(conn)
+                tg.cancel_scope.cancel()
         except WebSocketDisconnect:
             pass
         finally:
-            # The client went away or we are closing: stop its turn, free what it owned.
-            await conn.live.aclose()
-            if sender is not None:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
+            # The client went away or we are closing: its turn is stopped, free what it owned.
             self._conns.discard(conn)
             self._in_use.discard(sid)
             n = self._per_client.get(client, 1) - 1
@@ -611,8 +682,37 @@ class AgentServer:
                 self._per_client.pop(client, None)
             self.agent.close_session(sid, forget=self.config.forget_on_close)
             if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
+                code, reason = conn.close_reason or (1000, "")
                 with contextlib.suppress(Exception):
-                    await ws.close(1000)
+                    with anyio.move_on_after(1.0):  # a client that reads nothing gets no say
+                        await ws.close(code, reason[:120])
+
+    async def _send_loop(self, conn: _Conn, scope: anyio.CancelScope) -> None:
+        """The sender; if it fails (or the client stops reading), the connection ends
+        with a close code and a reason, instead of a session that answers nobody."""
+        try:
+            await self._sender(conn)
+        except TimeoutError:
+            conn.close_reason = (WS_POLICY, "client too slow: it did not read the server's "
+                                 f"messages for {self.config.send_timeout:g} s")
+            self.metrics.rejected.labels("slow_client").inc()
+        except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
+            if not _is_disconnect(e):
+                log.exception("live sender failed")
+                conn.close_reason = (WS_INTERNAL, f"server error while sending: {type(e).__name__}")
+                self.metrics.errors.labels("sender").inc()
+        scope.cancel()
+
+    async def _receive_loop(self, conn: _Conn) -> None:
+        try:
+            await self._receiver(conn)
+        except WebSocketDisconnect:
+            pass
+        except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
+            if not _is_disconnect(e):
+                log.exception("live receiver failed")
+                conn.close_reason = (WS_INTERNAL, f"server error while receiving: {type(e).__name__}")
+                self.metrics.errors.labels("receiver").inc()
 
     async def _protocol_error(self, conn: _Conn, code: str, message: str) -> bool:
         """Tell the client what was wrong; True when it has now sent too many bad messages."""
@@ -669,6 +769,9 @@ class AgentServer:
         live = conn.live
         try:
             m = json.loads(text)
+        except RecursionError:
+            raise _BadMessage("bad_json", "the message is nested too deeply: messages are flat "
+                              'JSON objects like {"type": "text", "text": "hello"}') from None
         except ValueError:
             raise _BadMessage("bad_json", "the message is not valid JSON: text messages are JSON "
                               'objects like {"type": "text", "text": "hello"}') from None
@@ -688,6 +791,7 @@ class AgentServer:
             t = m.get("text")
             if not isinstance(t, str) or not t.strip():
                 raise _BadMessage("bad_message", '"text" needs a non-empty "text" string')
+            _check_unicode(t, _BadMessage)
             if self.draining:
                 raise _BadMessage("shutting_down", "the server is shutting down: no new turns")
             live.submit_text(t)
@@ -721,12 +825,18 @@ class AgentServer:
                               "playback, interrupt, end_turn, configure or ping")
 
     async def _send_json(self, conn: _Conn, obj: dict[str, Any]) -> None:
+        """A control message from the receiver's side (errors, pong). A client that cannot
+        take it is being closed anyway: failures end here, bounded in time."""
         with contextlib.suppress(Exception):
-            await conn.ws.send_text(json.dumps(obj, ensure_ascii=False))
+            with anyio.fail_after(self.config.send_timeout):
+                await conn.ws.send_text(_dumps(obj))
 
     async def _sender(self, conn: _Conn) -> None:
-        """Forward the live session's messages to the client, and count them in metrics."""
+        """Forward the live session's messages to the client, and count them in metrics.
+        Each send must finish within ``send_timeout`` (a client that stops reading is cut
+        off, not waited for)."""
         ws, m = conn.ws, self.metrics
+        limit = self.config.send_timeout
         async for msg in conn.live.messages():
             if isinstance(msg, dict):
                 kind = msg.get("type")
@@ -744,22 +854,24 @@ class AgentServer:
                         m.cancel.observe(msg["cancel_ms"] / 1000)
                 elif kind == "error":
                     m.errors.labels(msg.get("code", "live")).inc()
-                await ws.send_text(json.dumps(msg, ensure_ascii=False))
+                with anyio.fail_after(limit):
+                    await ws.send_text(_dumps(msg))
                 continue
             if type(msg) is AudioChunk:
                 conn.seq += 1
-                if conn.binary_audio:
-                    # One frame per chunk: a 16-byte header, then the PCM (docs/protocol.md).
-                    await ws.send_bytes(audio_frame(msg, conn.seq))
-                    # Let other sessions run between chunks: under load every session's
-                    # first audio goes out before anyone's tenth chunk.
-                    await asyncio.sleep(0)
-                else:
-                    await ws.send_text(json.dumps({
-                        "type": "audio_chunk", "turn_id": msg.turn_id,
-                        "utterance_index": msg.utterance_index, "sample_rate": msg.sample_rate,
-                        "bytes": len(msg.pcm), "final": msg.final, "seq": conn.seq,
-                        "data": base64.b64encode(msg.pcm).decode("ascii")}))
+                with anyio.fail_after(limit):
+                    if conn.binary_audio:
+                        # One frame per chunk: a 16-byte header, then the PCM (docs/protocol.md).
+                        await ws.send_bytes(audio_frame(msg, conn.seq))
+                    else:
+                        await ws.send_text(json.dumps({
+                            "type": "audio_chunk", "turn_id": msg.turn_id,
+                            "utterance_index": msg.utterance_index, "sample_rate": msg.sample_rate,
+                            "bytes": len(msg.pcm), "final": msg.final, "seq": conn.seq,
+                            "data": base64.b64encode(msg.pcm).decode("ascii")}))
+                # Let other sessions run between chunks: under load every session's
+                # first audio goes out before anyone's tenth chunk.
+                await asyncio.sleep(0)
                 continue
             d = event_to_dict(msg)
             if type(msg) is UserTurn:
@@ -768,7 +880,41 @@ class AgentServer:
                 m.turns.labels("ws", msg.reason).inc()
             elif type(msg) is ErrorEvent:
                 m.errors.labels(msg.stage or "unknown").inc()
-            await ws.send_text(json.dumps(d, ensure_ascii=False))
+            with anyio.fail_after(limit):
+                await ws.send_text(_dumps(d))
+
+
+def _dumps(obj: Any) -> str:
+    """JSON for the wire. Text with a lone surrogate (which UTF-8 cannot carry) goes out
+    escaped, so it can never break the sender."""
+    text = json.dumps(obj, ensure_ascii=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(obj)
+    return text
+
+
+def _check_unicode(text: str, error: Any) -> None:
+    """Refuse text holding a lone UTF-16 surrogate (JSON can write one, "\\ud800"; it is no
+    character, and nothing downstream could say, show or store it)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error("bad_text", "the text holds a lone surrogate (like \\ud800), which is not "
+                        "a character: send valid Unicode text") from None
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """The client went away (a send or receive on a closed socket)."""
+    if isinstance(exc, (WebSocketDisconnect, ConnectionError)):
+        return True
+    if isinstance(exc, RuntimeError) and "close" in str(exc):  # Starlette: send after close
+        return True
+    name = type(exc).__name__
+    return name in ("ConnectionClosed", "ConnectionClosedError", "ConnectionClosedOK", "ClientDisconnected")
 
 
 #: The header of a binary audio frame: turn_id, seq, sample_rate (uint32), utterance_index

@@ -19,12 +19,13 @@ License: espeak-ng is GPL-3.0 (installed with the ``speech`` extra).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import ctypes
 import threading
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
+from ..bridge import from_thread
 from ..errors import ConfigError, TalkerError
 from ..events import AudioChunk, Utterance
 
@@ -232,49 +233,26 @@ class EspeakTalker:
         text = utterance.text.strip()
         if not text:
             return
-        loop = asyncio.get_running_loop()
-        # Unbounded on purpose: espeak-ng makes one clause's audio (a few hundred kB at
-        # most) in milliseconds; a bound here would park the worker thread while it holds
-        # the process-wide library lock.
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        stop = threading.Event()
+        voice, lang = (self.voice if not utterance.lang else None), utterance.lang or self.lang
 
-        def sink(pcm: bytes) -> bool:
-            if pcm:
-                loop.call_soon_threadsafe(queue.put_nowait, pcm)
-            return stop.is_set()
+        def work(emit: Callable[[bytes], bool]) -> None:
+            # The sink's answer aborts espeak-ng within one buffer (barge-in).
+            self._engine.synth(text, voice, lang, self.rate, self.pitch, self.volume,
+                               lambda pcm: emit(pcm) if pcm else False)
 
-        def work() -> None:
-            try:
-                self._engine.synth(text, self.voice if not utterance.lang else None,
-                                   utterance.lang or self.lang, self.rate, self.pitch,
-                                   self.volume, sink)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-            else:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        worker = loop.run_in_executor(None, work)
+        # max_ahead=None: espeak-ng makes one clause's audio (a few hundred kB at most) in
+        # milliseconds, and pausing it would park the thread while it holds the
+        # process-wide library lock; join: the lock must be free for the next clause.
         held: bytes | None = None
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item is None:
-                    break
+        async with contextlib.aclosing(from_thread(work, max_ahead=None, join=True)) as pieces:
+            async for pcm in pieces:
                 if held is not None:
                     yield AudioChunk(pcm=held, sample_rate=self.sample_rate,
                                      utterance_index=utterance.index)
-                held = item  # one piece held back so the last one can be marked final
-            if held is not None:
-                yield AudioChunk(pcm=held, sample_rate=self.sample_rate,
-                                 utterance_index=utterance.index, final=True)
-        finally:
-            stop.set()  # barge-in: the callback aborts espeak-ng within one buffer
-            if not worker.done():
-                # Wait the few ms it takes, so the library lock is free for the next clause.
-                await asyncio.shield(worker)
+                held = pcm  # one piece held back so the last one can be marked final
+        if held is not None:
+            yield AudioChunk(pcm=held, sample_rate=self.sample_rate,
+                             utterance_index=utterance.index, final=True)
 
     def voice_for(self, lang: str | None = None) -> EspeakVoice:
         """The voice this Talker speaks ``lang`` with (default: its own language/voice)."""

@@ -61,6 +61,7 @@ from typing import Any, AsyncIterator, Iterable
 import numpy as np
 
 from ..audio import audio_part_samples, float_to_pcm16
+from ..bridge import iterate_in_thread
 from ..errors import (
     AudioInputError,
     ConfigError,
@@ -649,54 +650,6 @@ def _model_arg(model: Any, talker: bool, **options: Any) -> Qwen3OmniModel:
     return omni
 
 
-async def _from_worker(executor: concurrent.futures.Executor, make_items: Any,
-                       max_ahead: int = 8) -> AsyncIterator[Any]:
-    """Run the generator function ``make_items`` on ``executor``; yield its items here.
-
-    The worker runs ahead of the consumer (up to ``max_ahead`` items), so the model computes
-    the next token or chunk while the bus handles this one; each item costs one
-    ``call_soon_threadsafe``, not a round trip. Closing the consumer stops the worker
-    after its current item (barge-in), without waiting for it.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    slots = threading.Semaphore(max_ahead)
-    stop = threading.Event()
-
-    def send(kind: int, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-        except RuntimeError:  # the loop is gone: nobody is listening any more
-            stop.set()
-
-    def work() -> None:
-        try:
-            items = make_items()
-            for item in items:
-                while not slots.acquire(timeout=0.05):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
-                    return
-                send(0, item)
-            send(1, None)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
-            send(2, e)
-
-    job = loop.run_in_executor(executor, work)
-    job.add_done_callback(lambda f: f.cancelled() or f.exception())
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == 1:
-                return
-            if kind == 2:
-                raise value
-            slots.release()
-            yield value
-    finally:
-        stop.set()
-
 
 # =========================================================================== Thinker
 
@@ -923,7 +876,7 @@ class Qwen3OmniThinker:
 
         parse_tools = bool(request.tools) and request.tool_choice != "none"
         router = _TextRouter(stop_strings=list(request.settings.stop), parse_tools=parse_tools)
-        stream = _from_worker(omni.executor("thinker"), pieces)
+        stream = iterate_in_thread(pieces, executor=omni.executor("thinker"))
         try:
             async for piece in stream:
                 for ev in router.feed(piece):
@@ -1313,7 +1266,7 @@ class Qwen3OmniTalker:
             except Exception as e:
                 raise TalkerError(f"Qwen3-Omni Talker failed while speaking: {type(e).__name__}: {e}") from e
 
-        stream = _from_worker(omni.executor("talker"), chunks, max_ahead=4)
+        stream = iterate_in_thread(chunks, executor=omni.executor("talker"), max_ahead=4)
         said = False
         try:
             async for samples, final in stream:

@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
+from ..bridge import WorkerClosed, from_thread
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
 from ..events import AudioPart, Event, ReasoningDelta, TextDelta, TextPart, ToolCall
 from ..thinker import Message, ThinkerRequest
@@ -51,7 +52,6 @@ _DEFAULT_NAMES = {None, "", "default", "embedded", "smollm2", EMBEDDED_NAME}
 
 # The worker thread blocks on a full queue; this bounds memory if the consumer is slow.
 _QUEUE_SIZE = 64
-_WAKE = object()  # wakes the consumer when the worker's job is done
 
 
 def default_cache_dir() -> Path:
@@ -424,55 +424,29 @@ class TransformersThinker:
         executor = self._worker()
         if self.model is None:
             await loop.run_in_executor(executor, self.load)
-        queue: asyncio.Queue = asyncio.Queue(maxsize=_QUEUE_SIZE)
         stop = threading.Event()
         self._active.add(stop)
-        job = loop.run_in_executor(executor, self._generate, request, queue, loop, stop)
-
-        def finished(f: asyncio.Future) -> None:
-            if not f.cancelled():
-                f.exception()  # retrieved here, so an early exit leaves no "never retrieved" noise
-            if not queue.full():  # a full queue means the consumer is not waiting on get()
-                queue.put_nowait(_WAKE)
-
-        job.add_done_callback(finished)
+        events = from_thread(lambda emit: self._generate(request, emit, stop),
+                             executor=executor, max_ahead=_QUEUE_SIZE)
         try:
-            # The worker puts every event before its job completes, so "queue empty and
-            # job done" means the answer is complete.
-            while not (job.done() and queue.empty()):
-                item = await queue.get()
-                if item is _WAKE:
-                    continue
+            async for item in events:
                 item.session_id = request.session_id
                 item.turn_id = request.turn_id
                 yield item
-            if job.cancelled():
-                raise ThinkerError(f"{self.model_name} was closed before it could answer")
-            job.result()  # raises what the worker raised
+        except WorkerClosed:
+            raise ThinkerError(f"{self.model_name} was closed before it could answer") from None
         finally:
             stop.set()
             self._active.discard(stop)
+            await events.aclose()
 
-    def _generate(self, request: ThinkerRequest, queue: asyncio.Queue,
-                  loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
-        """Runs in the worker thread: generate and put events on ``queue``."""
+    def _generate(self, request: ThinkerRequest, send: Callable[[Any], bool],
+                  stop: threading.Event) -> None:
+        """Runs in the worker thread: generate, handing each event to ``send`` (the bridge)."""
         def emit(item: Any) -> None:
-            if stop.is_set():
+            if stop.is_set() or send(item):
+                stop.set()  # the consumer left (barge-in): generation halts at the next token
                 raise _Stopped
-            try:
-                fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
-            except RuntimeError:  # the loop is gone
-                raise _Stopped from None
-            while True:
-                try:
-                    fut.result(timeout=0.1)
-                    return
-                except concurrent.futures.TimeoutError:
-                    if stop.is_set():  # consumer left while the queue was full
-                        fut.cancel()
-                        raise _Stopped from None
-                except concurrent.futures.CancelledError:
-                    raise _Stopped from None
 
         if stop.is_set():
             return
