@@ -24,20 +24,29 @@
     use = "mypkg.safety:MyFilter"   # a custom one by import path
     timeout = 0.05                  # other keys are passed to it
 
+    [security]
+    allow_imports = ["mypkg"]       # import paths may name only these packages
+
 Every key is checked: a misspelt or unknown key fails with a message naming it.
+
+A config that names import paths is code: it runs the modules it names. What an import
+path may name, and the allow-lists that restrict it, are in :mod:`omni_agent.registry`
+and docs/security.md.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .registry import MIDDLEWARE, TALKERS, THINKERS, TOOLS, resolve
+from .registry import (MIDDLEWARE, TALKERS, THINKERS, TOOLS, ImportPolicy, current_import_policy,
+                       import_policy, parse_allow_list, resolve)
 from .thinker import GenerationSettings
 
 if sys.version_info >= (3, 11):
@@ -45,7 +54,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["AgentConfig", "load_config", "build_agent", "build_component"]
+__all__ = ["AgentConfig", "load_config", "build_agent", "build_component", "imports_policy"]
+
+CONFIG_ALLOW_LIST = "[security] allow_imports"
+CLI_ALLOW_LIST = "--allow-import"
 
 
 class _Strict(BaseModel):
@@ -81,6 +93,24 @@ class MiddlewareSection(BaseModel):
     use: str
 
 
+class SecuritySection(_Strict):
+    """``allow_imports``: the packages this config's import paths may name (``[]``: only
+    the built-in short names). It can only narrow ``--allow-import`` and
+    ``$OMNI_AGENT_ALLOW_IMPORTS``, never widen them."""
+
+    allow_imports: list[str] | None = None
+
+    @field_validator("allow_imports")
+    @classmethod
+    def _packages(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        try:
+            return list(parse_allow_list(value, CONFIG_ALLOW_LIST))
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix(f"{CONFIG_ALLOW_LIST}: ")) from None
+
+
 class AgentConfig(_Strict):
     tools: list[str] = []
     agent: AgentSection = AgentSection()
@@ -90,6 +120,7 @@ class AgentConfig(_Strict):
     ears: dict[str, Any] | None = None
     history: dict[str, Any] | None = None
     middleware: list[MiddlewareSection] = []
+    security: SecuritySection = SecuritySection()
 
 
 def load_config(source: Any) -> AgentConfig:
@@ -118,7 +149,7 @@ def load_config(source: Any) -> AgentConfig:
         problems = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{key}: {msg}")
         raise ConfigError(f"invalid {where}: " + "; ".join(problems)) from None
 
@@ -151,14 +182,14 @@ def build_component(target: Any, options: dict[str, Any], where: str) -> Any:
 
 
 def build_thinker(section: BackendSection) -> Any:
-    cls = resolve(section.backend, THINKERS, "thinker backend")
+    cls = resolve(section.backend, THINKERS)
     return build_component(cls, _extras(section, "backend"), "thinker")
 
 
 def build_talker(section: BackendSection | None) -> Any:
     if section is None or section.backend in ("none", ""):
         return None
-    cls = resolve(section.backend, TALKERS, "talker backend")
+    cls = resolve(section.backend, TALKERS)
     return build_component(cls, _extras(section, "backend"), "talker")
 
 
@@ -171,7 +202,7 @@ def _is_middleware(obj: Any) -> bool:
 def build_middleware(sections: list[MiddlewareSection]) -> list[Any]:
     out = []
     for i, sec in enumerate(sections):
-        target = resolve(sec.use, MIDDLEWARE, "middleware")
+        target = resolve(sec.use, MIDDLEWARE)
         opts = _extras(sec, "use")
         if not opts and not isinstance(target, type) and (callable(target) or _is_middleware(target)):
             out.append(target)  # a plain function (an utterance hook) or a ready instance (@hook)
@@ -180,15 +211,33 @@ def build_middleware(sections: list[MiddlewareSection]) -> list[Any]:
     return out
 
 
-def build_agent(cfg: AgentConfig, **overrides: Any) -> Any:
-    """Build an :class:`~omni_agent.agent.Agent` from a validated config."""
+def imports_policy(cfg: AgentConfig, allow_imports: Iterable[str] | None = None) -> ImportPolicy:
+    """The import policy for building ``cfg``: the one in force (with
+    ``$OMNI_AGENT_ALLOW_IMPORTS``), narrowed by ``allow_imports`` (``--allow-import``) and
+    by the config's own ``[security] allow_imports``. A module must be in every list."""
+    policy = current_import_policy().restricted(allow_imports, CLI_ALLOW_LIST)
+    return policy.restricted(cfg.security.allow_imports, CONFIG_ALLOW_LIST)
+
+
+def build_agent(cfg: AgentConfig, *, allow_imports: Iterable[str] | None = None, **overrides: Any) -> Any:
+    """Build an :class:`~omni_agent.agent.Agent` from a validated config.
+
+    ``allow_imports`` lists the packages the config's import paths may name (what
+    ``--allow-import`` gives); see :func:`imports_policy`. ``overrides`` replace Agent
+    arguments (``talker=...``).
+    """
+    with import_policy(imports_policy(cfg, allow_imports)):
+        return _build_agent(cfg, overrides)
+
+
+def _build_agent(cfg: AgentConfig, overrides: dict[str, Any]) -> Any:
     from .agent import Agent
 
     kw: dict[str, Any] = dict(
         thinker=build_thinker(cfg.thinker),
         talker=build_talker(cfg.talker),
         middleware=build_middleware(cfg.middleware),
-        tools=[resolve(t, TOOLS, "tool") for t in cfg.tools] or None,
+        tools=[resolve(t, TOOLS) for t in cfg.tools] or None,
         settings=GenerationSettings(**cfg.generation.model_dump()),
         **cfg.agent.model_dump(),
     )

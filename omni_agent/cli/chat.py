@@ -19,9 +19,9 @@ from .common import build_agent_from, config_option, friendly_errors, make_turn,
 @click.option("--no-trace", is_flag=True, help="Do not print the trace after each answer.")
 @config_option
 @friendly_errors
-def chat(prompt, as_json, image, audio, video, session_id, no_trace, config_path):
+def chat(prompt, as_json, image, audio, video, session_id, no_trace, config_path, allow_imports):
     """Chat with the agent (a REPL; -p for one turn). Tokens print as they stream."""
-    agent = build_agent_from(config_path)
+    agent = build_agent_from(config_path, allow_imports)
     session = agent.session(session_id)
     failed = False
 

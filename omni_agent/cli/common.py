@@ -30,9 +30,33 @@ from ..events import (
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer in one or two short sentences."
 
 
-def config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                        help="Agent config (TOML). Default: the embedded default agent.")(fn)
+CONFIG_HELP = "Agent config (TOML). Default: the embedded default agent."
+
+ALLOW_IMPORT_HELP = ("Let the config import code from package PKG (repeatable). When given, the "
+                     "config may import only from these packages, never from the standard library; "
+                     "$OMNI_AGENT_ALLOW_IMPORTS (comma-separated) and the config's [security] "
+                     "allow_imports narrow it further. A config is code: see docs/security.md.")
+
+
+def allow_import_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--allow-import PKG`` (repeatable), passed as ``allow_imports``: a tuple, or None
+    when not given."""
+    def to_none(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
+        return value or None
+
+    return click.option("--allow-import", "allow_imports", multiple=True, metavar="PKG",
+                        callback=to_none, help=ALLOW_IMPORT_HELP)(fn)
+
+
+def config_option(fn: Callable[..., Any] | None = None, *, help: str = CONFIG_HELP) -> Any:
+    """``--config PATH`` (as ``config_path``) and ``--allow-import PKG`` (as
+    ``allow_imports``): every command that reads a config takes both. Use as
+    ``@config_option`` or ``@config_option(help="...")``."""
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = allow_import_option(f)
+        return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=help)(f)
+
+    return wrap(fn) if fn is not None else wrap
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,11 +95,13 @@ def default_config() -> dict[str, Any]:
     return cfg
 
 
-def build_agent_from(config_path: str | None, **overrides: Any) -> Any:
+def build_agent_from(config_path: str | None, allow_imports: Any = None, **overrides: Any) -> Any:
+    """The agent of ``config_path`` (else the embedded default), its import paths checked
+    against ``allow_imports`` (``--allow-import``)."""
     from ..config import build_agent, load_config
 
     cfg = load_config(config_path if config_path else default_config())
-    return build_agent(cfg, **overrides)
+    return build_agent(cfg, allow_imports=allow_imports, **overrides)
 
 
 def make_turn(text: str | None, image: str | None = None, audio: str | None = None,

@@ -48,7 +48,7 @@ SAFETY_CHAIN = [{"use": "markup"}, {"use": "pii", "display": True}, {"use": "spe
 @click.option("--no-speech", is_flag=True, help="Text only: no Talker, no WAV files.")
 @config_option
 @friendly_errors
-def demo(as_json, out_dir, no_speech, config_path):
+def demo(as_json, out_dir, no_speech, config_path, allow_imports):
     """Run a short spoken conversation with the embedded default agent and show the trace."""
     from .voice import latency_breakdown, make_talker
 
@@ -56,9 +56,9 @@ def demo(as_json, out_dir, no_speech, config_path):
     say("Loading the embedded default agent (SmolLM2-135M-Instruct, Piper voice; CPU)...", err=True)
     talker = None if no_speech else make_talker("piper")
     if config_path:
-        agent = build_agent_from(config_path, **({"talker": talker} if talker else {}))
+        agent = build_agent_from(config_path, allow_imports, **({"talker": talker} if talker else {}))
     else:
-        agent = _demo_agent(talker, say)
+        agent = _demo_agent(talker, say, allow_imports)
     session = agent.session("demo")
     out = Path(out_dir)
 
@@ -93,7 +93,7 @@ def demo(as_json, out_dir, no_speech, config_path):
     asyncio.run(run())
 
 
-def _demo_agent(talker: Any, say: Any) -> Any:
+def _demo_agent(talker: Any, say: Any, allow_imports: Any = None) -> Any:
     """The default agent plus RAG over examples/docs and the safety chain."""
     from ..config import build_agent, load_config
 
@@ -102,7 +102,7 @@ def _demo_agent(talker: Any, say: Any) -> Any:
     if rag is not None:
         cfg["middleware"] = [m for m in cfg["middleware"] if m.get("use") != "rag"] + [rag]
     cfg["middleware"] = cfg["middleware"] + SAFETY_CHAIN
-    return build_agent(load_config(cfg), talker=talker)
+    return build_agent(load_config(cfg), allow_imports=allow_imports, talker=talker)
 
 
 def _demo_docs(say: Any) -> dict[str, Any] | None:

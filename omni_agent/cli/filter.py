@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from .common import friendly_errors
+from .common import config_option, friendly_errors
 
 __all__ = ["filter_command", "chunk_text", "run_filter", "register"]
 
@@ -84,15 +84,15 @@ async def run_filter(chunks: list[str], middleware: list[Any], agent_options: di
 
 
 @click.command("filter")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Agent config (TOML); its [[middleware]] and [agent] settings are used. "
-                   "Default: the built-in safety chain (markup, pii, speech).")
+@config_option(help="Agent config (TOML); its [[middleware]] and [agent] settings are used. "
+                    "Default: the built-in safety chain (markup, pii, speech).")
 @click.option("--chunk", type=int, default=None, help="Stream the text in pieces of N characters.")
 @click.option("--random-chunks", "seed", type=int, default=None,
               help="Stream the text in random pieces of 1-12 characters (reproducible with SEED).")
 @click.option("--lang", default=None, help="The language of the text (for speech shaping and labels).")
 @friendly_errors
-def filter_command(config_path: str | None, chunk: int | None, seed: int | None, lang: str | None) -> None:
+def filter_command(config_path: str | None, allow_imports: tuple[str, ...] | None, chunk: int | None,
+                   seed: int | None, lang: str | None) -> None:
     """Stream stdin through the safety middleware as if the Thinker said it; print JSON lines."""
     if chunk is not None and seed is not None:
         raise click.UsageError("give either --chunk or --random-chunks, not both")
@@ -102,10 +102,12 @@ def filter_command(config_path: str | None, chunk: int | None, seed: int | None,
                                "echo 'Call 555-0199' | omni-agent filter")
     options: dict[str, Any] = {}
     if config_path:
-        from ..config import build_middleware, load_config
+        from ..config import build_middleware, imports_policy, load_config
+        from ..registry import import_policy
 
         cfg = load_config(config_path)
-        middleware = build_middleware(cfg.middleware)
+        with import_policy(imports_policy(cfg, allow_imports)):
+            middleware = build_middleware(cfg.middleware)
         a = cfg.agent
         options = {"fallback": a.fallback, "keep_originals": a.keep_originals, "lang": a.lang}
     else:

@@ -63,7 +63,7 @@ def make_talker(name: str = "piper", *, voice: str | None = None, lang: str | No
     if voice or lang or url:
         raise ConfigError(f"--voice/--lang/--url apply to piper, espeak and openai, not {name!r}: "
                           "configure that Talker in a config file ([talker] section)")
-    return resolve(name, TALKERS, "talker backend")()
+    return resolve(name, TALKERS)()
 
 
 def _ms(seconds: float | None) -> str:
@@ -188,30 +188,33 @@ def say(text, output, talker_name, voice, lang, url, raw, play):
 @click.option("--no-trace", is_flag=True, help="Do not print the trace.")
 @config_option
 @friendly_errors
-def ask(prompt, audio, output, talker_name, voice, lang, url, raw, play, as_json, no_trace, config_path):
+def ask(prompt, audio, output, talker_name, voice, lang, url, raw, play, as_json, no_trace, config_path,
+        allow_imports):
     """Ask one question (typed or spoken) and get a spoken answer."""
     if not prompt and not audio:
         raise click.UsageError("give the question: -p TEXT or --audio FILE")
     if raw and as_json:
         raise click.UsageError("--raw and --json both want stdout: pick one")
-    from ..config import build_agent, load_config
+    from ..config import build_agent, imports_policy, load_config
+    from ..registry import import_policy
 
     cfg = load_config(config_path if config_path else default_config())
-    if talker_name or voice or lang or url or cfg.talker is None:
-        talker = make_talker(talker_name or "piper", voice=voice, lang=lang, url=url)
-    else:
-        from ..config import build_talker
+    with import_policy(imports_policy(cfg, allow_imports)):
+        if talker_name or voice or lang or url or cfg.talker is None:
+            talker = make_talker(talker_name or "piper", voice=voice, lang=lang, url=url)
+        else:
+            from ..config import build_talker
 
-        talker = build_talker(cfg.talker)
-    overrides: dict[str, Any] = {"talker": talker}
-    if lang:
-        overrides["lang"] = lang
-    turn = make_turn(prompt, audio=audio)
-    if audio and cfg.ears is None:
-        from ..ears import Ears
+            talker = build_talker(cfg.talker)
+        overrides: dict[str, Any] = {"talker": talker}
+        if lang:
+            overrides["lang"] = lang
+        turn = make_turn(prompt, audio=audio)
+        if audio and cfg.ears is None:
+            from ..ears import Ears
 
-        overrides["ears"] = Ears()
-    agent = build_agent(cfg, **overrides)
+            overrides["ears"] = Ears()
+        agent = build_agent(cfg, **overrides)
     session = agent.session()
     text_out = sys.stderr if raw else sys.stdout
 
