@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from time import monotonic
@@ -38,6 +39,8 @@ from .events import (
     ReasoningDelta,
     TextDelta,
     TextPart,
+    ToolCall,
+    ToolResult,
     TurnEnd,
     UserTurn,
     Utterance,
@@ -169,6 +172,18 @@ class Agent:
             if not any(isinstance(m, ToolCalling) for m in chain):
                 chain.insert(0, ToolCalling(self.tools))
         self.bus = Bus(chain)
+        # Redacting middleware (PII) filter tool arguments and results too, wherever they are
+        # shown (client events, the trace) or remembered — not only the spoken clauses.
+        self._show_redact: list[Callable[[str], str]] = []
+        self._keep_redact: list[Callable[[str], str]] = []
+        for mw in self.bus.middleware:
+            redact = getattr(mw, "redact_json", None) or getattr(mw, "redact_text", None)
+            if not callable(redact):
+                continue
+            if getattr(mw, "display", True) or not keep_originals:
+                self._show_redact.append(redact)
+            if getattr(mw, "memory", True):
+                self._keep_redact.append(redact)
         self.display = display if display != "auto" else ("clause" if self.bus.utterance_hooks else "stream")
         self._sessions: dict[str, Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -462,10 +477,15 @@ class Session:
                 try:
                     async with task_group() as tg:
                         ctx.task_group = tg
-                        if talker is not None:
+                        if talker is None:
+                            await self._think(ctx, out, None, display, notes, clause_mode)
+                        else:
+                            # The Thinker side is the task (its start-up cost lands before
+                            # the first token); the Talker side runs here, already waiting
+                            # for the first approved clause.
                             assert utt_q is not None
-                            tg.start_soon(self._talk, ctx, out, utt_q, talker)
-                        await self._think(ctx, out, utt_q, display, notes, clause_mode)
+                            tg.start_soon(self._think, ctx, out, utt_q, display, notes, clause_mode)
+                            await self._talk(ctx, out, utt_q, talker)
                 finally:
                     ctx.task_group = None
         # The turn's work is over: from here on an interrupt() has nothing left to stop.
@@ -489,10 +509,16 @@ class Session:
         if interrupted:
             # Memory keeps what the user actually heard (or saw, for a text agent).
             remembered = spoken if talker is not None else text
+        if agent._show_redact:
+            for call in trace.tool_calls:
+                call["arguments"] = _redact(agent._show_redact, call.get("arguments"))
+                call["result"] = _redact(agent._show_redact, call.get("result"))
         if reason != "error" and first_new is not None:
             # A failed turn (the Thinker could not answer) is not remembered: its input
             # would otherwise be re-sent, and fail again, on every later turn.
             turn_msgs = ctx.messages[first_new:]
+            if agent._keep_redact:
+                turn_msgs = [_redacted_message(m, agent._keep_redact) for m in turn_msgs]
             turn_msgs.append(Message("assistant", remembered))
             agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
         trace.mark("end")
@@ -683,12 +709,16 @@ class Session:
                     if t is Utterance:
                         if utt_q is not None and ev.text.strip():
                             await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
+                            # Let the Talker start on it now, even if the Thinker never waits.
+                            await asyncio.sleep(0)
                         if ev.added and not ev.text.strip() and ev.display:
                             notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
                         elif clause_mode and ev.display:
                             display.append(ev.display)
                     elif t is TextDelta and not clause_mode:
                         display.append(ev.text)
+                    elif (t is ToolCall or t is ToolResult) and self.agent._show_redact:
+                        ev = _redacted_event(ev, self.agent._show_redact)  # a copy: the Thinker keeps the real one
                     await out.put(ev)
         except Exception as e:  # noqa: BLE001 - a failed Thinker ends the turn, not the session
             msg = str(e) or type(e).__name__
@@ -787,6 +817,29 @@ class TurnEvents:
             if self._ctx.interrupted and type(ev) in _STALE:
                 continue
             return ev
+
+
+def _redact(fns: list[Callable[[str], str]], text: Any) -> Any:
+    if isinstance(text, str):
+        for fn in fns:
+            text = fn(text)
+    return text
+
+
+def _redacted_event(ev: Any, fns: list[Callable[[str], str]]) -> Any:
+    if type(ev) is ToolCall:
+        return dataclasses.replace(ev, arguments=_redact(fns, ev.arguments))
+    return dataclasses.replace(ev, content=_redact(fns, ev.content))
+
+
+def _redacted_message(m: Message, fns: list[Callable[[str], str]]) -> Message:
+    """A tool call or tool result message as memory keeps it (redacted); others as they are."""
+    if m.role == "tool":
+        return dataclasses.replace(m, content=_redact(fns, m.content))
+    if m.tool_calls:
+        calls = [{**c, "arguments": _redact(fns, c.get("arguments"))} for c in m.tool_calls]
+        return dataclasses.replace(m, tool_calls=calls)
+    return m
 
 
 async def _close(it: Any) -> None:

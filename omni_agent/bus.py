@@ -418,7 +418,7 @@ class Bus:
             if exc.fallback:
                 # read (and cleared) by whoever handles the block, right after this hook
                 ctx.block_fallback = exc.fallback
-        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not isinstance(exc, _WrongType):
+        elif isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             ctx.trace.record(h.label, point, "timeout", _text_of(item), None,
                              f"over its time budget of {h.timeout}s: blocked (fail-closed)")
         else:
@@ -488,16 +488,20 @@ class Bus:
                     before = getattr(ev, "text", None)
                     try:
                         out = fn(ev, ctx)
-                        if out is not ev and out is not None and not isinstance(out, Event):
-                            raise _WrongType(h, "event", out)
                     except BaseException as e:  # noqa: BLE001 - fail-closed, recorded
                         if is_cancellation(e):
                             raise
                         out, _ = self._failed(h, ev, ctx, "event", e)
                     else:
-                        if out is None:
+                        if out is ev:  # passed on (maybe changed in place): the common case
+                            if getattr(ev, "text", None) != before:
+                                ctx.trace.record(h.label, "event", "rewrite", before, ev.text, ctx._note)
+                                ctx._note = ""
+                        elif out is None:
                             ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
                             ctx._note = ""
+                        elif not isinstance(out, Event):
+                            out, _ = self._failed(h, ev, ctx, "event", _WrongType(h, "event", out))
                         elif (after := getattr(out, "text", None)) != before:
                             ctx.trace.record(h.label, "event", "rewrite", before, after, ctx._note)
                             ctx._note = ""

@@ -12,10 +12,13 @@ from .common import default_config, friendly_errors
 
 
 def server_default_config() -> dict[str, Any]:
-    """The embedded default agent with a voice: SmolLM2 Thinker, Piper Talker, whisper ears."""
+    """The embedded default agent with a voice: SmolLM2 Thinker, Piper Talker, whisper ears
+    — and, since a server is a product, safe by default: the markup guard (no tool-call or
+    reasoning text is ever spoken or shown) and PII redaction on every clause."""
     cfg = default_config()
     cfg["talker"] = {"backend": "piper"}
     cfg["ears"] = {"max_seconds": 2400}
+    cfg["middleware"] = [*cfg["middleware"], {"use": "markup"}, {"use": "pii", "display": True}]
     return cfg
 
 

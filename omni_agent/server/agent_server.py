@@ -170,12 +170,15 @@ class _Metrics:
 class _Conn:
     """One live WebSocket connection."""
 
-    __slots__ = ("ws", "live", "client", "binary_audio", "errors", "closing", "seq", "close_reason")
+    __slots__ = ("ws", "live", "client", "binary_audio", "errors", "closing", "seq", "close_reason",
+                 "sending")
 
     def __init__(self, ws: WebSocket, live: LiveSession, client: str, binary_audio: bool):
         self.ws = ws
         #: (code, reason) the socket is closed with when the connection ends.
         self.close_reason: tuple[int, str] | None = None
+        #: When the send under way started (monotonic seconds); 0.0 when none is.
+        self.sending = 0.0
         self.live = live
         self.client = client
         self.binary_audio = binary_audio
@@ -667,6 +670,7 @@ class AgentServer:
             # connection; the block then cancels and awaits everything else.
             async with conn.live, task_group() as tg:
                 tg.start_soon(self._send_loop, conn, tg.cancel_scope)
+                tg.start_soon(self._watchdog, conn, tg.cancel_scope)
                 await self._receive_loop(conn)
                 tg.cancel_scope.cancel()
         except WebSocketDisconnect:
@@ -692,16 +696,27 @@ class AgentServer:
         with a close code and a reason, instead of a session that answers nobody."""
         try:
             await self._sender(conn)
-        except TimeoutError:
-            conn.close_reason = (WS_POLICY, "client too slow: it did not read the server's "
-                                 f"messages for {self.config.send_timeout:g} s")
-            self.metrics.rejected.labels("slow_client").inc()
         except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
             if not _is_disconnect(e):
                 log.exception("live sender failed")
                 conn.close_reason = (WS_INTERNAL, f"server error while sending: {type(e).__name__}")
                 self.metrics.errors.labels("sender").inc()
         scope.cancel()
+
+    async def _watchdog(self, conn: _Conn, scope: anyio.CancelScope) -> None:
+        """Ends the connection when one send has been stuck for ``send_timeout`` seconds: a
+        client that stopped reading must not hold its slot, its turn or its memory. (One
+        cheap timer per connection instead of a deadline around every send.)"""
+        limit = self.config.send_timeout
+        while True:
+            await anyio.sleep(limit / 4)
+            since = conn.sending
+            if since and monotonic() - since > limit:
+                conn.close_reason = (WS_POLICY, "client too slow: it did not read the server's "
+                                     f"messages for {limit:g} s")
+                self.metrics.rejected.labels("slow_client").inc()
+                scope.cancel()
+                return
 
     async def _receive_loop(self, conn: _Conn) -> None:
         try:
@@ -833,10 +848,8 @@ class AgentServer:
 
     async def _sender(self, conn: _Conn) -> None:
         """Forward the live session's messages to the client, and count them in metrics.
-        Each send must finish within ``send_timeout`` (a client that stops reading is cut
-        off, not waited for)."""
+        ``conn.sending`` says since when a send is under way (the watchdog reads it)."""
         ws, m = conn.ws, self.metrics
-        limit = self.config.send_timeout
         async for msg in conn.live.messages():
             if isinstance(msg, dict):
                 kind = msg.get("type")
@@ -854,24 +867,27 @@ class AgentServer:
                         m.cancel.observe(msg["cancel_ms"] / 1000)
                 elif kind == "error":
                     m.errors.labels(msg.get("code", "live")).inc()
-                with anyio.fail_after(limit):
-                    await ws.send_text(_dumps(msg))
+                conn.sending = monotonic()
+                await ws.send_text(_dumps(msg))
+                conn.sending = 0.0
                 continue
             if type(msg) is AudioChunk:
                 conn.seq += 1
-                with anyio.fail_after(limit):
-                    if conn.binary_audio:
-                        # One frame per chunk: a 16-byte header, then the PCM (docs/protocol.md).
-                        await ws.send_bytes(audio_frame(msg, conn.seq))
-                    else:
-                        await ws.send_text(json.dumps({
-                            "type": "audio_chunk", "turn_id": msg.turn_id,
-                            "utterance_index": msg.utterance_index, "sample_rate": msg.sample_rate,
-                            "bytes": len(msg.pcm), "final": msg.final, "seq": conn.seq,
-                            "data": base64.b64encode(msg.pcm).decode("ascii")}))
-                # Let other sessions run between chunks: under load every session's
-                # first audio goes out before anyone's tenth chunk.
-                await asyncio.sleep(0)
+                conn.sending = monotonic()
+                if conn.binary_audio:
+                    # One frame per chunk: a 16-byte header, then the PCM (docs/protocol.md).
+                    await ws.send_bytes(audio_frame(msg, conn.seq))
+                    conn.sending = 0.0
+                    # Let other sessions run between chunks: under load every session's
+                    # first audio goes out before anyone's tenth chunk.
+                    await asyncio.sleep(0)
+                else:
+                    await ws.send_text(json.dumps({
+                        "type": "audio_chunk", "turn_id": msg.turn_id,
+                        "utterance_index": msg.utterance_index, "sample_rate": msg.sample_rate,
+                        "bytes": len(msg.pcm), "final": msg.final, "seq": conn.seq,
+                        "data": base64.b64encode(msg.pcm).decode("ascii")}))
+                    conn.sending = 0.0
                 continue
             d = event_to_dict(msg)
             if type(msg) is UserTurn:
@@ -880,8 +896,9 @@ class AgentServer:
                 m.turns.labels("ws", msg.reason).inc()
             elif type(msg) is ErrorEvent:
                 m.errors.labels(msg.stage or "unknown").inc()
-            with anyio.fail_after(limit):
-                await ws.send_text(_dumps(d))
+            conn.sending = monotonic()
+            await ws.send_text(_dumps(d))
+            conn.sending = 0.0
 
 
 def _dumps(obj: Any) -> str:
