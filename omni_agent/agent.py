@@ -633,68 +633,74 @@ class Session:
         trace = ctx.trace
         sid, tid, lang = self.id, self.turn_id, ctx.lang
         n = 0
-        async for ev in stream:
-            t = type(ev)
-            if t is TextDelta:
-                yield ev
-                for clause in seg.feed(ev.text):
-                    if n == 0:
-                        trace.mark("first_utterance")
-                    yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
-                                    session_id=sid, turn_id=tid)
+        try:
+            async for ev in stream:
+                t = type(ev)
+                if t is TextDelta:
+                    yield ev
+                    for clause in seg.feed(ev.text):
+                        if n == 0:
+                            trace.mark("first_utterance")
+                        yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
+                                        session_id=sid, turn_id=tid)
+                        n += 1
+                elif t is RoundEnd:
+                    for clause in seg.flush():
+                        if n == 0:
+                            trace.mark("first_utterance")
+                        yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
+                                        session_id=sid, turn_id=tid)
+                        n += 1
+                elif t is Utterance:  # said by a middleware (a filler line, say)
+                    ev.added = True
+                    ev.index = n
                     n += 1
-            elif t is RoundEnd:
-                for clause in seg.flush():
-                    if n == 0:
-                        trace.mark("first_utterance")
-                    yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
-                                    session_id=sid, turn_id=tid)
-                    n += 1
-            elif t is Utterance:  # said by a middleware (a filler line, say)
-                ev.added = True
-                ev.index = n
+                    if ev.original is None:
+                        ev.original = ev.text
+                    yield ev
+                else:
+                    if t is ReasoningDelta:
+                        trace.reasoning += ev.text
+                    yield ev
+            for clause in seg.flush():
+                yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
+                                session_id=sid, turn_id=tid)
                 n += 1
-                if ev.original is None:
-                    ev.original = ev.text
-                yield ev
-            else:
-                if t is ReasoningDelta:
-                    trace.reasoning += ev.text
-                yield ev
-        for clause in seg.flush():
-            yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
-                            session_id=sid, turn_id=tid)
-            n += 1
+        finally:
+            await _close(stream)  # the stage upstream ends with this one
 
     async def _approved(self, stream: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:
         """Run each utterance through the utterance hooks; blocked ones become the fallback."""
         bus, trace, agent = self.agent.bus, ctx.trace, self.agent
-        async for ev in stream:
-            if type(ev) is not Utterance:
-                yield ev
-                continue
-            original = ev.original if ev.original is not None else ev.text
-            ctx.block_fallback = None
-            out, blocker = await bus.process_utterance(ev, ctx)
-            for e in ctx.take_emitted():
-                yield e
-            keep = original if trace.keep_originals else None
-            if out is not None:
-                if not trace.keep_originals:
-                    out.original = None
-                trace.segments.append(Segment(ev.index, keep, out.display if out.display is not None else out.text,
-                                              out.text, "pending", fallback=out.fallback))
-                yield out
-                continue
-            if blocker is None:  # dropped on purpose (nothing to say for this clause)
-                trace.segments.append(Segment(ev.index, keep, "", "", "dropped"))
-                continue
-            line = ctx.block_fallback or blocker.fallback or agent.fallback
-            ctx.block_fallback = None
-            trace.segments.append(Segment(ev.index, keep, line or "", line or "", "blocked", fallback=bool(line)))
-            if line:
-                yield Utterance(text=line, display=line, index=ev.index, lang=ev.lang, fallback=True,
-                                session_id=self.id, turn_id=self.turn_id)
+        try:
+            async for ev in stream:
+                if type(ev) is not Utterance:
+                    yield ev
+                    continue
+                original = ev.original if ev.original is not None else ev.text
+                ctx.block_fallback = None
+                out, blocker = await bus.process_utterance(ev, ctx)
+                for e in ctx.take_emitted():
+                    yield e
+                keep = original if trace.keep_originals else None
+                if out is not None:
+                    if not trace.keep_originals:
+                        out.original = None
+                    trace.segments.append(Segment(ev.index, keep, out.display if out.display is not None else out.text,
+                                                  out.text, "pending", fallback=out.fallback))
+                    yield out
+                    continue
+                if blocker is None:  # dropped on purpose (nothing to say for this clause)
+                    trace.segments.append(Segment(ev.index, keep, "", "", "dropped"))
+                    continue
+                line = ctx.block_fallback or blocker.fallback or agent.fallback
+                ctx.block_fallback = None
+                trace.segments.append(Segment(ev.index, keep, line or "", line or "", "blocked", fallback=bool(line)))
+                if line:
+                    yield Utterance(text=line, display=line, index=ev.index, lang=ev.lang, fallback=True,
+                                    session_id=self.id, turn_id=self.turn_id)
+        finally:
+            await _close(stream)  # the stage upstream ends with this one
 
     async def _think(self, ctx: TurnContext, out: asyncio.Queue[Any], utt_q: asyncio.Queue[Any] | None,
                      display: list[str], notes: list[str], clause_mode: bool) -> None:
@@ -707,14 +713,16 @@ class Session:
                 async for ev in chain:
                     t = type(ev)
                     if t is Utterance:
-                        if utt_q is not None and ev.text.strip():
-                            await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
-                            # Let the Talker start on it now, even if the Thinker never waits.
-                            await asyncio.sleep(0)
                         if ev.added and not ev.text.strip() and ev.display:
                             notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
                         elif clause_mode and ev.display:
                             display.append(ev.display)
+                        await out.put(ev)  # shown before its audio
+                        if utt_q is not None and ev.text.strip():
+                            await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
+                            # Let the Talker start on it now, even if the Thinker never waits.
+                            await asyncio.sleep(0)
+                        continue
                     elif t is TextDelta and not clause_mode:
                         display.append(ev.text)
                     elif (t is ToolCall or t is ToolResult) and self.agent._show_redact:

@@ -478,47 +478,52 @@ class Bus:
         fast = all(not h.is_async and h.timeout is None for h in hooks)
         fns = [(h, h.fn) for h in hooks]
         emitted = ctx._emitted
-        async for ev in source:
-            if type(ev) is RoundEnd:
-                yield ev
-                continue
-            if fast:
-                # The hot path: plain calls, no await, no timing.
-                for h, fn in fns:
-                    before = getattr(ev, "text", None)
-                    try:
-                        out = fn(ev, ctx)
-                    except BaseException as e:  # noqa: BLE001 - fail-closed, recorded
-                        if is_cancellation(e):
-                            raise
-                        out, _ = self._failed(h, ev, ctx, "event", e)
-                    else:
-                        if out is ev:  # passed on (maybe changed in place): the common case
-                            if getattr(ev, "text", None) != before:
-                                ctx.trace.record(h.label, "event", "rewrite", before, ev.text, ctx._note)
+        try:
+            async for ev in source:
+                if type(ev) is RoundEnd:
+                    yield ev
+                    continue
+                if fast:
+                    # The hot path: plain calls, no await, no timing.
+                    for h, fn in fns:
+                        before = getattr(ev, "text", None)
+                        try:
+                            out = fn(ev, ctx)
+                        except BaseException as e:  # noqa: BLE001 - fail-closed, recorded
+                            if is_cancellation(e):
+                                raise
+                            out, _ = self._failed(h, ev, ctx, "event", e)
+                        else:
+                            if out is ev:  # passed on (maybe changed in place): the common case
+                                if getattr(ev, "text", None) != before:
+                                    ctx.trace.record(h.label, "event", "rewrite", before, ev.text, ctx._note)
+                                    ctx._note = ""
+                            elif out is None:
+                                ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
                                 ctx._note = ""
-                        elif out is None:
-                            ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
-                            ctx._note = ""
-                        elif not isinstance(out, Event):
-                            out, _ = self._failed(h, ev, ctx, "event", _WrongType(h, "event", out))
-                        elif (after := getattr(out, "text", None)) != before:
-                            ctx.trace.record(h.label, "event", "rewrite", before, after, ctx._note)
-                            ctx._note = ""
-                    ev = out
-                    if ev is None:
-                        break
-            else:
-                for h in hooks:
-                    ev, blocked = await self._call(h, ev, ctx, "event")
-                    if ev is None:
-                        break
-            if emitted:
-                for e in emitted:
-                    yield e
-                emitted.clear()
-            if ev is not None:
-                yield ev
+                            elif not isinstance(out, Event):
+                                out, _ = self._failed(h, ev, ctx, "event", _WrongType(h, "event", out))
+                            elif (after := getattr(out, "text", None)) != before:
+                                ctx.trace.record(h.label, "event", "rewrite", before, after, ctx._note)
+                                ctx._note = ""
+                        ev = out
+                        if ev is None:
+                            break
+                else:
+                    for h in hooks:
+                        ev, blocked = await self._call(h, ev, ctx, "event")
+                        if ev is None:
+                            break
+                if emitted:
+                    for e in emitted:
+                        yield e
+                    emitted.clear()
+                if ev is not None:
+                    yield ev
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()  # the stage upstream ends with this one
 
     async def _stream_stage(self, source: AsyncIterator[Event], mw: Middleware,
                             ctx: TurnContext) -> AsyncIterator[Event]:
@@ -527,10 +532,15 @@ class Bus:
         pending_since: list[float | None] = [None]
 
         async def counted() -> AsyncIterator[Event]:
-            async for ev in source:
-                if pending_since[0] is None and type(ev) is TextDelta:
-                    pending_since[0] = monotonic()
-                yield ev
+            try:
+                async for ev in source:
+                    if pending_since[0] is None and type(ev) is TextDelta:
+                        pending_since[0] = monotonic()
+                    yield ev
+            finally:
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
         upstream = counted()
         out = mw.stream(upstream, ctx)
