@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import friendly_errors
+from .serve import web_options
 
 
 @click.command("thinker")
@@ -16,17 +17,29 @@ from .common import friendly_errors
 @click.option("--model", "model", default=None,
               help="Override the thinker's model (a directory, a .gguf file or a hub id).")
 @click.option("--model-name", default=None, help="Model id reported by /v1/models.")
+@click.option("--max-body-bytes", default=16 << 20, show_default=True, type=int,
+              help="Largest request body, media included (413 beyond).")
+@click.option("--max-prompt-chars", default=128 * 1024, show_default=True, type=int,
+              help="Characters of text per request, all messages and tools together (400 beyond).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@web_options("OMNI_AGENT_THINKER_TOKEN")
 @friendly_errors
-def serve_thinker(config_path, host, port, model, model_name, log_level):
+def serve_thinker(config_path, host, port, model, model_name, max_body_bytes, max_prompt_chars,
+                  log_level, web):
     """Serve a Thinker at /v1/chat/completions (streaming and not), /v1/models, /health."""
     import uvicorn
 
     from ..config import build_thinker, load_config
-    from ..server.thinker_server import create_app
+    from ..server.security import uvicorn_config
+    from ..server.thinker_server import ThinkerServerLimits, create_app
     from ..thinker import GenerationSettings
+    from .serve import checked
 
+    security = web.security(host)
+    server_limits = web.limits()
+    limits = checked(ThinkerServerLimits, max_body_bytes=max_body_bytes,
+                      max_prompt_chars=max_prompt_chars)
     cfg = load_config(config_path if config_path else {"thinker": {"backend": "transformers"}})
     section = cfg.thinker
     if model:
@@ -37,10 +50,14 @@ def serve_thinker(config_path, host, port, model, model_name, log_level):
         click.echo(f"loading {getattr(thinker, 'model_name', thinker.name)} ...", err=True)
         load()  # fail now, with a clear message, not on the first request
     app = create_app(thinker, model_name=model_name,
-                     defaults=GenerationSettings(**cfg.generation.model_dump()))
+                     defaults=GenerationSettings(**cfg.generation.model_dump()),
+                     security=security, limits=limits)
     click.echo(f"serving {app.state.model_name} at http://{host}:{port}/v1 "
-               f"(POST /v1/chat/completions, GET /v1/models, GET /health)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+               f"(POST /v1/chat/completions, GET /v1/models, GET /health)"
+               + (" with a token" if web.token else ""), err=True)
+    web.warn_if_exposed(host)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, limits=server_limits,
+                                  log_level=log_level)).run()
 
 
 def register_serve(serve_group: click.Group) -> None:
