@@ -10,6 +10,11 @@ clause).
 "Could still be the start of a pattern" is decided by partial regular-expression
 matching from the ``regex`` package (``partial=True``): it answers exactly that question
 for any pattern, so each filter only states its patterns and a validator.
+
+Filters match the normalised text (:mod:`.normalize`: NFKC, invisible characters
+removed, look-alike punctuation folded) and replace the original: a
+:class:`NormalizedScanner` does the mapping, so a scanner states its patterns for plain
+text only and "555" + "\u200b-0199" is still one phone number across two chunks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import regex
 from omni_agent.bus import RoundEnd
 from omni_agent.events import ToolCall, ToolResult, Utterance
 
-__all__ = ["Finding", "Scanner", "StreamHold", "partial_start", "apply_findings", "held_stream"]
+from .normalize import Normalized, is_normal, normalize, visible
+
+__all__ = ["Finding", "Scanner", "NormalizedScanner", "StreamHold", "partial_start", "apply_findings",
+           "held_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,46 @@ class Scanner(Protocol):
     def hold_from(self, text: str, pos: int = 0) -> int:
         """The earliest index >= ``pos`` from which ``text`` could still grow into a
         finding, or ``len(text)`` when nothing there can."""
+
+
+class NormalizedScanner:
+    """A :class:`Scanner` that matches the normalised text and reports original spans.
+
+    Subclasses implement ``find_normalized`` and ``hold_from_normalized`` for text that is
+    already normalised; ``find`` and ``hold_from`` take any text. A finding covers the
+    whole original span it came from, invisible characters inside it included.
+    """
+
+    def find_normalized(self, text: str, pos: int = 0) -> list[Finding]:
+        raise NotImplementedError
+
+    def hold_from_normalized(self, text: str, pos: int = 0) -> int:
+        raise NotImplementedError
+
+    # The last text normalised: StreamHold asks hold_from and find about the same text.
+    _seen: tuple[str, Normalized | None] | None = None
+
+    def _normal(self, text: str) -> Normalized | None:
+        """``text`` normalised, or None when it is its own normal form."""
+        seen = self._seen
+        if seen is not None and seen[0] is text:
+            return seen[1]
+        n = None if is_normal(text) else normalize(text)
+        self._seen = (text, n)
+        return n
+
+    def find(self, text: str, pos: int = 0) -> list[Finding]:
+        n = self._normal(text)
+        if n is None:
+            return self.find_normalized(text, pos)
+        found = self.find_normalized(n.text, n.index(pos))
+        return [Finding(f.kind, *n.span(f.start, f.end)) for f in found]
+
+    def hold_from(self, text: str, pos: int = 0) -> int:
+        n = self._normal(text)
+        if n is None:
+            return self.hold_from_normalized(text, pos)
+        return max(pos, n.start(self.hold_from_normalized(n.text, n.index(pos))))
 
 
 def partial_start(candidates: regex.Pattern[str], text: str, pos: int = 0, *,
@@ -157,11 +205,13 @@ async def held_stream(events: AsyncIterator[Any], ctx: Any, holds: Mapping[type,
                       describe: Callable[[list[Finding], type], str]) -> AsyncIterator[Any]:
     """Run the text events of each type in ``holds`` (e.g. TextDelta, ReasoningDelta)
     through their own hold, replacing findings and recording each change in the trace
-    (``describe(findings, event_type)`` is its reason). Other events pass; text held
-    before a tool call, a clause said by a middleware, or the round's end is released
-    first, so the order of the stream is kept."""
+    (``describe(findings, event_type)`` is its reason). Invisible characters do not pass
+    (:func:`~.normalize.visible`). Other events pass; text held before a tool call, a
+    clause said by a middleware, or the round's end is released first, so the order of
+    the stream is kept."""
     sid, tid = ctx.session_id, ctx.turn_id
     flush_on = (RoundEnd, ToolCall, ToolResult, Utterance)
+    last: dict[type, str] = {}
 
     def out(released: str, found: list[Finding], kind: type) -> Any:
         if not released:
@@ -170,6 +220,10 @@ async def held_stream(events: AsyncIterator[Any], ctx: Any, holds: Mapping[type,
             new = apply_findings(released, found, replace)
             ctx.trace.record(label, "stream", "redact", released, new, describe(found, kind))
             released = new
+        released = visible(released, last.get(kind, ""))
+        if not released:
+            return None
+        last[kind] = released[-1:]
         return kind(released, session_id=sid, turn_id=tid)
 
     async for ev in events:

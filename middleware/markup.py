@@ -18,6 +18,13 @@ that takes them out of the text stream before the segmenter:
   can run them; ``tool_calls="drop"`` only removes them;
 * stray chat-template tokens (``<|im_end|>``, ``<|eot_id|>``) are removed.
 
+A tag is matched as what it looks like, not as one spelling: in any case, with spaces
+inside (``< think >``, ``</ tool_call >``), with attributes (``<think type="plan">``), on
+the normalised text (:mod:`.normalize`), so a zero-width or fullwidth character in a tag
+name hides nothing; ``<thinking is fun>`` (no attribute syntax) stays text. Invisible
+characters do not pass the guard. :func:`find_markup` and :func:`escape_markup` use the
+same grammar for text that must not act (retrieved documents).
+
 It holds text only while a tag or a JSON call may be opening ("<th", "{"), so display
 and speech are delayed by a few characters at most, except inside a tool call, which is
 held until it closes (and then never released). Every removal is in the trace.
@@ -35,52 +42,79 @@ from omni_agent.errors import ConfigError
 from omni_agent.events import Event, ReasoningDelta, TextDelta, ToolCall, ToolResult, Utterance
 
 from ._scan import partial_start
+from .normalize import is_normal, normalize, visible
 
-__all__ = ["MarkupGuard", "parse_tool_calls"]
+__all__ = ["MarkupGuard", "parse_tool_calls", "find_markup", "escape_markup"]
 
-_REASONING = {
-    "<think>": ("</think>",),
-    "<thinking>": ("</thinking>",),
-    "<reasoning>": ("</reasoning>",),
-    "<thought>": ("</thought>",),
-    "◁think▷": ("◁/think▷",),
-    "<|begin_of_thought|>": ("<|end_of_thought|>",),
-}
-# Tool-call openers and what closes them (None: the end of the round).
-_TOOL = {
-    "<tool_call>": ("</tool_call>",),
-    "<tool_calls>": ("</tool_calls>",),
-    "<function_call>": ("</function_call>",),
-    "<functioncall>": ("</functioncall>",),
-    "<|tool_call_start|>": ("<|tool_call_end|>",),
-    "<|tool_calls_section_begin|>": ("<|tool_calls_section_end|>",),
-    "<｜tool▁calls▁begin｜>": ("<｜tool▁calls▁end｜>",),
-    "<start_function_call>": ("<end_function_call>",),
-    "[TOOL_CALLS]": None,
-    "<|python_tag|>": ("<|eom_id|>", "<|eot_id|>"),
-    "```tool_code": ("```",),
-    "```tool_call": ("```",),
-}
-_STRAY = ["</think>", "</thinking>", "</reasoning>", "</thought>", "◁/think▷", "<|end_of_thought|>",
-          "</tool_call>", "</tool_calls>", "</function>", "</function_call>"]
+# The tags, as a grammar rather than a list of spellings: a tag is its punctuation and its
+# name, in any case, with spaces between the parts and (XML-like tags) attributes, matched
+# on the normalised text (NFKC, invisible characters removed), so "<THINK>", "< think >",
+# '<think type="x">', "<thi\u200bnk>" and DeepSeek's "<｜tool▁calls▁begin｜>" (NFKC: "<|...|>")
+# are all the tags they look like.
+_ATTRS = r"""(?:\s+[\w\-:.]{1,40}\s*=\s*(?:"[^"<>]{0,120}"|'[^'<>]{0,120}'|[^\s<>"']{1,120})){0,8}\s*"""
 
 
-def _alt(words: list[str]) -> str:
-    return "|".join(regex.escape(w) for w in sorted(words, key=len, reverse=True))
+def _xml_open(name: str) -> str:
+    return rf"<\s*{name}{_ATTRS}>"
 
+
+def _xml_close(name: str) -> str:
+    return rf"<\s*/\s*{name}\s*>"
+
+
+def _token(name: str) -> str:
+    """A chat-template token: ``<|name|>``."""
+    return rf"<\s*\|\s*{name}\s*\|\s*>"
+
+
+# Blocks: (kind, opener, closer; None: the end of the round).
+_BLOCKS: list[tuple[str, str, str | None]] = [
+    *(("think", _xml_open(n), _xml_close(n)) for n in ("think", "thinking", "reasoning", "thought")),
+    ("think", r"◁\s*think\s*▷", r"◁\s*/\s*think\s*▷"),
+    ("think", _token("begin_of_thought"), _token("end_of_thought")),
+    *(("tool", _xml_open(n), _xml_close(n)) for n in ("tool_call", "tool_calls", "function_call", "functioncall")),
+    ("tool", _token("tool_call_start"), _token("tool_call_end")),
+    ("tool", _token("tool_calls_section_begin"), _token("tool_calls_section_end")),
+    ("tool", _token("tool[▁_ ]calls[▁_ ]begin"), _token("tool[▁_ ]calls[▁_ ]end")),  # DeepSeek
+    ("tool", r"<\s*start_function_call\s*>", r"<\s*end_function_call\s*>"),
+    ("tool", r"\[\s*TOOL_CALLS\s*\]", None),
+    ("tool", _token("python_tag"), _token("eom_id") + "|" + _token("eot_id")),
+    ("tool", r"```[ \t]*tool_code", r"```"),
+    ("tool", r"```[ \t]*tool_call", r"```"),
+]
+_KNOWN = r"(?:think|thinking|reasoning|thought|tool_calls?|function_call|functioncall|function|start_function_call)"
+_TOKEN_NAME = r"[A-Za-z0-9_.▁\-]{1,40}"
+_STRAY = (rf"{_xml_close(_KNOWN)}|<\s*{_KNOWN}\s*/\s*>|◁\s*/\s*think\s*▷|<\s*end_function_call\s*>")
 
 _OPENERS = regex.compile(
-    r"(?P<harmony><\|channel\|>(?P<chan>[^<\n]{0,80})<\|message\|>)"
-    rf"|(?P<think>{_alt(list(_REASONING))})"
-    rf"|(?P<tool>{_alt(list(_TOOL))})"
-    r"|(?P<func><function=(?P<fname>[A-Za-z0-9_.\-]{1,64})>)"
+    r"(?i)"
+    + "".join(f"(?P<b{i}>{op})|" for i, (_, op, _c) in enumerate(_BLOCKS))
+    + rf"(?P<harmony>{_token('channel')}(?P<chan>[^<\n]{{0,80}}){_token('message')})"
+    r"|(?P<func><\s*function\s*=\s*(?P<fname>[A-Za-z0-9_.\-]{1,64})\s*>)"
     r"|(?P<json>(?:```(?:json)?[ \t]*\n?[ \t]*)?(?:\[\s*)?\{\s*\"(?:name|function|tool|tool_name|tool_calls)\"\s*:)"
-    rf"|(?P<stray>{_alt(_STRAY)})"
-    r"|(?P<special><\|start\|>(?:assistant|user|system|developer|tool)?|<\|[A-Za-z0-9_.\-]{1,40}\|>|<｜[^｜<>\n]{1,40}｜>)",
+    rf"|(?P<stray>{_STRAY})"
+    rf"|(?P<special>{_token('start')}(?:assistant|user|system|developer|tool)?|{_token(_TOKEN_NAME)})",
     regex.VERSION0,
 )
+_KINDS = ("harmony", "func", "json", "stray", "special")
+_CLOSERS = {f"b{i}": regex.compile(f"(?i){c}", regex.VERSION0) if c is not None else None
+            for i, (_, _o, c) in enumerate(_BLOCKS)}
+_BLOCK_KIND = {f"b{i}": k for i, (k, _o, _c) in enumerate(_BLOCKS)}
+_THINK_CLOSER = _CLOSERS["b0"]
+_HARMONY_REASONING_END = regex.compile(rf"(?i){_token('end')}|{_token('start')}", regex.VERSION0)
+_HARMONY_CALL_END = regex.compile(rf"(?i){_token('call')}|{_token('end')}", regex.VERSION0)
+_FUNCTION_END = regex.compile(f"(?i){_xml_close('function')}", regex.VERSION0)
 _REASONING_CHANNELS = ("analysis",)
 _OPENER_STARTS = regex.compile(r"(?=[<{\[`◁])")
+# A JSON call written with fullwidth brackets or quotes is scanned as the call it looks like.
+_JSON_FOLD = str.maketrans("｛｝［］＂＼", '{}[]"\\')
+
+
+def _kind_of(m: regex.Match[str]) -> str:
+    g = m.lastgroup
+    if g is not None and (g in _CLOSERS or g in _KINDS):
+        return g
+    return next(k for k in (*_CLOSERS, *_KINDS) if m.group(k) is not None)
 
 
 def _is_call(obj: Any) -> bool:
@@ -113,8 +147,9 @@ def _calls_of(obj: Any) -> list[tuple[str, Any]]:
     return [(name, {})]
 
 
-_XML_FUNC = regex.compile(r"<function=([A-Za-z0-9_.\-]+)>(.*?)(?:</function>|$)", regex.S)
-_XML_PARAM = regex.compile(r"<parameter=([A-Za-z0-9_.\-]+)>\s*(.*?)\s*</parameter>", regex.S)
+_XML_FUNC = regex.compile(r"(?i)<\s*function\s*=\s*([A-Za-z0-9_.\-]+)\s*>(.*?)(?:<\s*/\s*function\s*>|$)", regex.S)
+_XML_PARAM = regex.compile(r"(?i)<\s*parameter\s*=\s*([A-Za-z0-9_.\-]+)\s*>\s*(.*?)\s*<\s*/\s*parameter\s*>",
+                           regex.S)
 
 
 def parse_tool_calls(text: str, name: str | None = None) -> list[tuple[str, str]]:
@@ -123,8 +158,19 @@ def parse_tool_calls(text: str, name: str | None = None) -> list[tuple[str, str]
     Reads JSON objects (``{"name", "arguments"|"parameters"}``, OpenAI-style
     ``{"function": {...}}``, lists of them) and Qwen3-Coder style
     ``<function=f><parameter=x>1</parameter></function>``. ``name`` is the function named
-    by the opener (Llama's ``<function=name>{args}``).
+    by the opener (Llama's ``<function=name>{args}``). Invisible characters are ignored;
+    a call that only reads as one after normalisation (fullwidth brackets) is read so.
     """
+    plain = visible(text)
+    calls = _parse_calls(plain, name)
+    if not calls:
+        norm = normalize(plain).text
+        if norm != plain:
+            calls = _parse_calls(norm, name)
+    return calls
+
+
+def _parse_calls(text: str, name: str | None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     dec = json.JSONDecoder()
     if name is not None:
@@ -163,6 +209,16 @@ def parse_tool_calls(text: str, name: str | None = None) -> list[tuple[str, str]
     return out
 
 
+def _json_value(s: str) -> Any:
+    """The JSON value ``s`` holds (read as normalised text when it only parses so), or None."""
+    for t in (s, normalize(s).text) if not s.isascii() else (s,):
+        try:
+            return json.loads(t)
+        except ValueError:
+            continue
+    return None
+
+
 def _json_or_str(v: str) -> Any:
     try:
         return json.loads(v)
@@ -170,15 +226,73 @@ def _json_or_str(v: str) -> Any:
         return v
 
 
-def _closer_hold(buf: str, closers: tuple[str, ...]) -> int:
-    """Index where a possible (incomplete) closer starts at the end of ``buf``."""
-    best = len(buf)
-    for c in closers:
-        for k in range(min(len(c) - 1, len(buf)), 0, -1):
-            if buf.endswith(c[:k]):
-                best = min(best, len(buf) - k)
-                break
-    return best
+_ENTITY = {"<": "&lt;", "[": "&#91;", "`": "&#96;", "{": "&#123;", "◁": "&#9665;"}
+
+
+def _markup(norm: str, extra: regex.Pattern[str] | None) -> list[tuple[int, int, int]]:
+    """(start, end, where) of the markup in normalised text; ``where`` is the index of the
+    character whose escaping makes it inert."""
+    found: list[tuple[int, int, int]] = []
+    dec = json.JSONDecoder()
+    for m in _OPENERS.finditer(norm):
+        if _kind_of(m) == "json":
+            brace = m.start() + m.group().find("{")
+            first = min(i for i in (m.group().find("{"), m.group().find("[")) if i >= 0) + m.start()
+            try:
+                obj, _ = dec.raw_decode(norm, first)
+            except ValueError:
+                continue
+            if not (_is_call(obj) or (isinstance(obj, list) and obj and all(_is_call(o) for o in obj))):
+                continue  # JSON data, not a call
+            found.append((m.start(), m.end(), brace))
+        else:
+            found.append((m.start(), m.end(), m.start()))
+    if extra is not None:
+        for m in extra.finditer(norm):
+            if m.end() > m.start() and not any(s <= m.start() < e for s, e, _ in found):
+                found.append((m.start(), m.end(), m.start()))
+        found.sort()
+    return found
+
+
+def find_markup(text: str) -> list[tuple[int, int]]:
+    """Spans of ``text`` that MarkupGuard reads as markup: reasoning and tool-call tags in
+    any spelling it accepts, chat-template tokens, JSON tool calls (their opening).
+    Matched on the normalised text, reported in ``text``'s positions.
+
+    ``find_markup("ok <TOOL_CALL>")`` -> ``[(3, 14)]``
+    """
+    n = normalize(text)
+    return [n.span(s, e) for s, e, _ in _markup(n.text, None)]
+
+
+def escape_markup(text: str, extra: regex.Pattern[str] | None = None) -> str:
+    """``text`` with everything MarkupGuard reads as markup made inert, for text that must
+    not act (retrieved documents): each tag's opening character becomes an HTML character
+    reference (``<tool_call>`` -> ``&lt;tool_call>``, ``[TOOL_CALLS]`` -> ``&#91;TOOL_CALLS]``,
+    a JSON call's ``{`` -> ``&#123;``), every ``<`` inside it too; invisible characters are
+    removed. ``extra`` (a pattern over normalised text) escapes more the same way. The
+    rest of the text keeps its own characters.
+    """
+    n = normalize(text)
+    found = _markup(n.text, extra)
+    if not found:
+        return visible(text)
+    out: list[str] = []
+    last = 0
+    for s, e, where in found:
+        start, end = n.span(s, e)
+        if start < last:
+            continue
+        out.append(text[last:start])
+        piece = n.text[s:e]
+        k = where - s
+        c = piece[k]
+        piece = piece[:k].replace("<", "&lt;") + _ENTITY.get(c, c) + piece[k + 1:].replace("<", "&lt;")
+        out.append(piece)
+        last = end
+    out.append(text[last:])
+    return visible("".join(out))
 
 
 class _JsonScan:
@@ -265,12 +379,14 @@ class _State:
         self.buf = ""
         self.out: list[Event] = []
         self.text_out: list[str] = []
+        self.text_plain = True  # text_out holds no invisible character (no need to clean it)
         self.n_calls = 0
+        self.last = ""  # the last character released, for visible()
         self._begin_round()
 
     def _begin_round(self) -> None:
         self.mode = "reasoning" if self.g.reasoning_open else "text"
-        self.closers: tuple[str, ...] | None = _REASONING["<think>"] if self.g.reasoning_open else None
+        self.closers: regex.Pattern[str] | None = _THINK_CLOSER if self.g.reasoning_open else None
         self.tool_text = ""
         self.tool_open = ""
         self.tool_name: str | None = None
@@ -283,17 +399,24 @@ class _State:
 
     # ---------------------------------------------------------------- output
 
-    def _text(self, s: str) -> None:
+    def _text(self, s: str, plain: bool = False) -> None:
         if s:
             self.text_out.append(s)
+            self.text_plain = self.text_plain and plain
 
     def _emit_text(self) -> None:
         if self.text_out:
-            self.out.append(TextDelta("".join(self.text_out), session_id=self.ctx.session_id,
-                                      turn_id=self.ctx.turn_id))
+            text = "".join(self.text_out)
+            if not self.text_plain:
+                text = visible(text, self.last)
             self.text_out.clear()
+            self.text_plain = True
+            if text:
+                self.last = text[-1]
+                self.out.append(TextDelta(text, session_id=self.ctx.session_id, turn_id=self.ctx.turn_id))
 
     def _reason(self, s: str) -> None:
+        s = visible(s)
         if s:
             self._emit_text()
             if not self.reasoned:
@@ -349,7 +472,8 @@ class _State:
             self._tool_done(self.tool_open + self.tool_text, self.tool_text)
         elif self.mode == "json":
             held = self.buf
-            if '"arguments"' in held or '"parameters"' in held:
+            norm = normalize(held).text
+            if '"arguments"' in norm or '"parameters"' in norm:  # a call cut off: never spoken
                 self._tool_done(held, held)
             else:
                 self._text(held)
@@ -376,9 +500,10 @@ class _State:
     def _step_text(self, final: bool) -> bool:
         buf = self.buf
         if self.eat_fence:
-            stripped = buf.lstrip()
+            n = normalize(buf)
+            stripped = n.text.lstrip()
             if stripped.startswith("```"):
-                self.buf = buf = stripped[3:]
+                self.buf = buf = buf[n.end(len(n.text) - len(stripped) + 3):]
                 self.eat_fence = False
             elif not final and "```".startswith(stripped):
                 return False  # the closing fence may still come
@@ -386,45 +511,57 @@ class _State:
                 self.eat_fence = False
         if not buf:
             return False
-        hold = len(buf) if final else partial_start(_OPENERS, buf, starts=_OPENER_STARTS, window=160)
-        m = _OPENERS.search(buf)
-        if m is None or m.start() >= hold:
-            self._text(buf[:hold])
-            self.buf = buf[hold:]
+        # Tags are found in the normalised text; what is released or kept is the original
+        # (n is None: the text is its own normal form, the common case).
+        n = None if is_normal(buf) else normalize(buf)
+        norm = buf if n is None else n.text
+        if "<" not in norm and "{" not in norm and "[" not in norm and "`" not in norm and "◁" not in norm:
+            # Every opener starts with one of these: nothing here can be or become markup.
+            self._text(buf, plain=n is None)
+            self.buf = ""
             return False
-        self._text(buf[:m.start()])
-        self.buf = buf[m.end():]
-        kind = m.lastgroup if m.lastgroup in ("harmony", "think", "tool", "func", "json", "stray", "special") \
-            else next(k for k in ("harmony", "think", "tool", "func", "json", "stray", "special") if m.group(k))
-        tag = m.group()
-        if kind == "think":
-            self.mode, self.closers = "reasoning", _REASONING[tag]
+        hold = len(norm) if final else partial_start(_OPENERS, norm, starts=_OPENER_STARTS, window=160)
+        m = _OPENERS.search(norm)
+        if m is None or m.start() >= hold:
+            cut = hold if n is None else n.start(hold)
+            self._text(buf[:cut], plain=n is None)
+            self.buf = buf[cut:]
+            return False
+        start, end = m.span() if n is None else n.span(m.start(), m.end())
+        self._text(buf[:start], plain=n is None)
+        self.buf = buf[end:]
+        tag = buf[start:end]
+        kind = _kind_of(m)
+        if kind in _CLOSERS:
+            closer = _CLOSERS[kind]
+            if _BLOCK_KIND[kind] == "think":
+                self.mode, self.closers = "reasoning", closer
+            else:
+                self.mode, self.closers = "tool", closer
+                self.tool_open = tag
         elif kind == "harmony":
             chan = m.group("chan")
             if any(c in chan for c in _REASONING_CHANNELS):
-                self.mode, self.closers = "reasoning", ("<|end|>", "<|start|>")
+                self.mode, self.closers = "reasoning", _HARMONY_REASONING_END
             elif "to=" in chan or "commentary" in chan and "functions." in chan:
                 to = regex.search(r"to=(?:functions\.)?([A-Za-z0-9_.\-]+)", chan)
-                self.mode, self.closers = "tool", ("<|call|>", "<|end|>")
+                self.mode, self.closers = "tool", _HARMONY_CALL_END
                 self.tool_name = to.group(1) if to else None
                 self.tool_open = tag
             else:
                 self._record(tag, "chat-template markup kept off speech")
-        elif kind == "tool":
-            self.mode, self.closers = "tool", _TOOL[tag]
-            self.tool_open = tag
         elif kind == "func":
-            self.mode, self.closers = "tool", ("</function>",)
+            self.mode, self.closers = "tool", _FUNCTION_END
             self.tool_name = m.group("fname")
             self.tool_open = tag
         elif kind == "json":
             self.mode = "json"
-            self.fenced = tag.startswith("```")
-            first = min(i for i in (tag.find("{"), tag.find("[")) if i >= 0)
-            self.buf = tag + self.buf
+            ntag = m.group()
+            self.fenced = ntag.startswith("```")
+            first = m.start() + min(i for i in (ntag.find("{"), ntag.find("[")) if i >= 0)
+            self.buf = buf[start:]
             self.json = _JsonScan()
-            self.json_scanned = first
-            self.json_start = first
+            self.json_scanned = self.json_start = (first if n is None else n.start(first)) - start
         else:  # stray closers, template tokens
             self._record(tag, "chat-template markup kept off speech")
         return True
@@ -436,14 +573,13 @@ class _State:
             self.tool_text += buf
             self.buf = ""
             return False
-        idx, which = -1, ""
-        for c in closers:
-            i = buf.find(c)
-            if i >= 0 and (idx < 0 or i < idx):
-                idx, which = i, c
-        if idx >= 0:
-            body = buf[:idx]
-            self.buf = buf[idx + len(which):]
+        n = normalize(buf)
+        m = closers.search(n.text)
+        if m is not None:
+            start, end = n.span(m.start(), m.end())
+            body = buf[:start]
+            which = buf[start:end]
+            self.buf = buf[end:]
             if reasoning:
                 self._reason(body)
             else:
@@ -451,7 +587,7 @@ class _State:
                 self._tool_done(self.tool_open + self.tool_text + which, self.tool_text)
             self.mode = "text"
             return True
-        keep = len(buf) if final else _closer_hold(buf, closers)
+        keep = len(buf) if final else n.start(partial_start(closers, n.text, starts=_OPENER_STARTS, window=64))
         if reasoning:
             self._reason(buf[:keep])
         else:
@@ -463,7 +599,7 @@ class _State:
         buf = self.buf
         scan = self.json
         assert scan is not None
-        end = scan.feed(buf, self.json_scanned)
+        end = scan.feed(buf if buf.isascii() else buf.translate(_JSON_FOLD), self.json_scanned)
         self.json_scanned = len(buf)
         if end < 0:
             if len(buf) > self.g.max_json:
@@ -474,10 +610,7 @@ class _State:
             return False
         block = buf[:end]
         body = block[self.json_start:]
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            obj = None
+        obj = _json_value(body)
         self.buf = buf[end:]
         self.mode = "text"
         if obj is not None and (_is_call(obj) or (isinstance(obj, list) and obj and all(_is_call(o) for o in obj))):

@@ -13,12 +13,20 @@ What each kind covers:
   formats (``(555) 010-0199``, ``555-0199``, ``030/1234567``, ``01 23 45 67 89``,
   ``13812345678``); dates, year ranges, decimals, thousands groupings and version numbers
   are not phones;
-* ``email`` — ``name@example.com`` (also ``name (at) example (dot) com``);
+* ``email`` — ``name@example.com``, also spaced (``name @ example . com``) and written out
+  or defanged (``name (at) example (dot) com``, ``name at example dot com``,
+  ``name[@]example[.]com``);
 * ``card`` — 13–19 digit card numbers in any grouping, only when the Luhn check passes;
 * ``iban`` — IBANs with or without spaces, checked by length per country and mod-97;
 * ``ssn`` — US social security numbers ``123-45-6789`` / ``123 45 6789`` (a bare nine-digit
   number only after "SSN" or "social security");
-* ``ip`` — IPv4 and IPv6 addresses (validated by :mod:`ipaddress`).
+* ``ip`` — IPv4 and IPv6 addresses (validated by :mod:`ipaddress`), also defanged
+  (``192[.]168[.]1[.]20``).
+
+Every kind is matched on the normalised text (:mod:`.normalize`): invisible characters
+("555\u200b-0199"), NUL, fullwidth forms ("５５５－０１９９", "jo＠example．com") and
+look-alike dashes and dots do not hide anything. The redaction replaces the matching span
+of the original text, and what is said or shown loses its invisible characters.
 
 Actions, per kind: ``redact`` (replace with a label: "[phone number]"), ``mask`` (keep the
 last four digits: "•••-•••-0199", spoken "phone number ending in 0 1 9 9") or ``block``
@@ -31,12 +39,16 @@ start of a pattern (a word or number in progress, never more than a clause), so
 conversation memory keeps. ``input=True`` screens the user's turn before the Thinker sees
 it (an input rail). With the agent's ``keep_originals=False`` the display text is filtered
 too, so the original is kept nowhere.
+
+For text outside the speech path (tool arguments and results that are shown, logged or
+remembered): ``PIIRedactor.redact_text(text)`` and ``PIIRedactor.redact_json(text)``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import AsyncIterator, Iterable, Mapping
+import json
+from typing import Any, AsyncIterator, Iterable, Mapping
 
 import regex
 
@@ -45,7 +57,8 @@ from omni_agent.errors import Blocked, ConfigError
 from omni_agent.events import (AudioPart, Event, ReasoningDelta, TextDelta, TextPart,
                                UserTurn, Utterance)
 
-from ._scan import Finding, StreamHold, apply_findings, held_stream, partial_start
+from ._scan import Finding, NormalizedScanner, StreamHold, apply_findings, held_stream, partial_start
+from .normalize import normalize, visible
 
 __all__ = ["PIIRedactor", "PIIDetector", "KINDS", "ACTIONS"]
 
@@ -54,7 +67,9 @@ ACTIONS = ("redact", "mask", "block")
 
 # ---------------------------------------------------------------------------- patterns
 
-# Digits are \d (any script's decimal digits: "１３８…" in Japanese text is a phone too).
+# The patterns match normalised text (NFKC, no invisible characters, look-alike dashes and
+# dots folded), so they name only plain characters. Digits are \d (any script's decimal
+# digits: "١٣٨…" in Arabic text is a phone too).
 _SEP = r"(?:[ \u00a0]?[.\-/\u2010\u2011\u2013][ \u00a0]?|[ \u00a0]|(?<=\)))"  # "(0)30" needs none
 _GROUP = r"\(?\d+\)?"
 # A run of digit groups: the candidate for phone, card and SSN numbers. Not inside a word
@@ -64,15 +79,21 @@ _RUN = (r"(?<![\dA-Za-z\u00C0-\u024F+_])(?<!\d[.,])(?:\+[ \u00a0]?)?" + _GROUP
         + r"(?:" + _SEP + _GROUP + r")*(?![\dA-Za-z_])(?![.,]\d)")
 _LOCAL = r"[A-Za-z0-9\u00C0-\u024F._%+\-]"
 _DOMAIN = r"[A-Za-z0-9\u00C0-\u024F\-]"
-_EMAIL = (rf"(?<!{_LOCAL}){_LOCAL}{{1,64}}@{_DOMAIN}{{1,63}}(?:\.{_DOMAIN}{{1,63}})*"
-          r"\.[A-Za-z]{2,24}(?![A-Za-z0-9\-])")
-# Written out for speech or to dodge filters: "jane (at) example (dot) com".
-_AT = r"(?:[ ]?[(\[{](?i:at)[)\]}][ ]?|[ ](?i:at)[ ])"
-_DOT = r"(?:[ ]?[(\[{](?i:dot)[)\]}][ ]?|[ ](?i:dot)[ ])"
-_EMAIL_WORDS = (rf"(?<!{_LOCAL}){_LOCAL}{{1,64}}{_AT}{_DOMAIN}{{1,63}}(?:(?:{_DOT}|\.){_DOMAIN}{{1,63}})*"
-                rf"{_DOT}[A-Za-z]{{2,24}}(?![A-Za-z0-9_])")
+# "@" and "." may be spaced ("jo @ example . com": a dot with a space on one side only is
+# a sentence end), bracketed ("jo[@]example[.]com", "(at)", "(dot)") or written as words
+# ("jo at example dot com"). The word "at" needs a written-out dot as well ("look at
+# example.com" is no address).
+_AT_SIGN = r"(?:[ ]?@[ ]?|[ ]?[(\[{](?:@|(?i:at))[)\]}][ ]?)"
+_AT_WORD = r"[ ](?i:at)[ ]"
+_DOT_WORD = r"(?:[ ]?[(\[{](?:\.|(?i:dot))[)\]}][ ]?|[ ](?i:dot)[ ])"
+_DOT_ANY = rf"(?:\.|[ ]\.[ ]|{_DOT_WORD})"
+_EMAIL = (rf"(?<!{_LOCAL}){_LOCAL}{{1,64}}{_AT_SIGN}{_DOMAIN}{{1,63}}(?:{_DOT_ANY}{_DOMAIN}{{1,63}})*"
+          rf"{_DOT_ANY}[A-Za-z]{{2,24}}(?![A-Za-z0-9\-])")
+_EMAIL_WORDS = (rf"(?<!{_LOCAL}){_LOCAL}{{1,64}}{_AT_WORD}{_DOMAIN}{{1,63}}(?:{_DOT_ANY}{_DOMAIN}{{1,63}})*"
+                rf"{_DOT_WORD}[A-Za-z]{{2,24}}(?![A-Za-z0-9_])")
 _IBAN = r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]){10,32}"
-_IPV4 = r"(?<![\dA-Za-z\u00C0-\u024F.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"
+_IPDOT = r"(?:\.|[(\[{](?:\.|(?i:dot))[)\]}])"  # defanged: 192[.]168[.]1[.]20
+_IPV4 = rf"(?<![\dA-Za-z\u00C0-\u024F.])(?:\d{{1,3}}{_IPDOT}){{3}}\d{{1,3}}(?!\d|\.\d)"
 _HEX = r"[0-9A-Fa-f]"
 _IPV6 = (rf"(?<![A-Za-z0-9\u00C0-\u024F_:.])(?:{_HEX}{{1,4}}|(?=:))(?::{_HEX}{{0,4}}){{2,7}}"
          r"(?:\.\d{1,3}){0,3}(?:%[A-Za-z0-9_.]+)?(?![A-Za-z0-9_:])")
@@ -87,6 +108,9 @@ RE_IPV6 = regex.compile(_IPV6, _FLAGS)
 _RE_DIGITS = regex.compile(r"\d+")
 # Cheap test: text without any of these cannot hold PII of any kind.
 _MAYBE = regex.compile(r"[\d@:]|(?i:[ (\[{]dot[ )\]}])")
+# What an e-mail address cannot be written without (tested first: the spaced and
+# bracketed forms cost the patterns their fast scan for a literal "@").
+_EMAIL_HINT = regex.compile(r"@|(?i:[(\[{](?:at|dot|\.)[)\]}]| dot )")
 
 # Where a piece of PII can begin: not right after a letter or digit (every pattern above
 # has a look-behind that says so), so the stream hold only tries these positions.
@@ -262,12 +286,13 @@ def _windows(groups: list[str], lo: int, hi: int) -> Iterable[tuple[int, int]]:
 # ---------------------------------------------------------------------------- the detector
 
 
-class PIIDetector:
+class PIIDetector(NormalizedScanner):
     """Finds PII in text. ``kinds`` limits what it looks for (default: all of KINDS).
 
-    ``find(text)`` returns :class:`~omni_agent.middleware._scan.Finding` spans, sorted
-    and non-overlapping; ``hold_from(text)`` says where streamed text could still grow
-    into PII (used by the stream-level hold).
+    ``find(text)`` returns :class:`~omni_agent.middleware._scan.Finding` spans of
+    ``text``, sorted and non-overlapping; ``hold_from(text)`` says where streamed text
+    could still grow into PII (used by the stream-level hold). Both match the normalised
+    text (:mod:`.normalize`) and give positions in ``text``.
     """
 
     _PRIORITY = {"email": 0, "iban": 1, "card": 2, "ssn": 3, "ip": 4, "phone": 5}
@@ -286,17 +311,18 @@ class PIIDetector:
         self._candidates = regex.compile("|".join(f"(?:{p})" for p in pats), _FLAGS)
         self._runs = bool(self.kinds & {"phone", "card", "ssn"})
 
-    def hold_from(self, text: str, pos: int = 0) -> int:
+    def hold_from_normalized(self, text: str, pos: int = 0) -> int:
         return partial_start(self._candidates, text, pos, starts=_STARTS)
 
-    def find(self, text: str, pos: int = 0) -> list[Finding]:
+    def find_normalized(self, text: str, pos: int = 0) -> list[Finding]:
         if _MAYBE.search(text, pos) is None:
             return []
         found: list[Finding] = []
         kinds = self.kinds
         if "email" in kinds:
-            for rx in (RE_EMAIL, RE_EMAIL_WORDS):
-                found.extend(Finding("email", m.start(), m.end()) for m in rx.finditer(text, pos))
+            if _EMAIL_HINT.search(text, pos) is not None:
+                for rx in (RE_EMAIL, RE_EMAIL_WORDS):
+                    found.extend(Finding("email", m.start(), m.end()) for m in rx.finditer(text, pos))
         if "iban" in kinds:
             found.extend(self._ibans(text, pos))
         if "ip" in kinds:
@@ -339,7 +365,7 @@ class PIIDetector:
 
     def _ips(self, text: str, pos: int) -> Iterable[Finding]:
         for m in RE_IPV4.finditer(text, pos):
-            if all(int(o) <= 255 for o in m.group().split(".")):
+            if all(int(o) <= 255 for o in _RE_DIGITS.findall(m.group())):
                 if regex.search(r"(?i:\bv|version|build|release)\s*$", text[max(0, m.start() - 12):m.start()]):
                     continue  # "version 1.2.3.4"
                 yield Finding("ip", m.start(), m.end())
@@ -488,6 +514,7 @@ class PIIRedactor(Middleware):
 
     def _replacement(self, f: Finding, s: str, spoken: bool, lang: str | None) -> str:
         if self.actions[f.kind] == "mask":
+            s = normalize(s).text  # "jo＠example.com", "555\u200b-0199": mask what it says
             if not spoken:
                 return _mask(f.kind, s)
             tail = _digits(s)[-4:] if f.kind not in ("ip", "email") else ""
@@ -498,18 +525,49 @@ class PIIRedactor(Middleware):
 
     def scrub(self, text: str, *, spoken: bool = True, lang: str | None = None,
               block: bool = True) -> tuple[str, list[Finding]]:
-        """Filter one piece of text. Returns (new text, findings). Raises
-        :class:`~omni_agent.errors.Blocked` when a finding's action is ``block`` (and
-        ``block`` is true; else it is redacted)."""
+        """Filter one piece of text. Returns (new text, findings: spans of ``text``). The
+        new text has no invisible characters. Raises :class:`~omni_agent.errors.Blocked`
+        when a finding's action is ``block`` (and ``block`` is true; else it is redacted)."""
         findings = self.detector.find(text)
         if not findings:
-            return text, findings
+            return visible(text), findings
         if block:
             blocking = sorted({f.kind for f in findings if self.actions[f.kind] == "block"})
             if blocking:
                 raise Blocked(f"contains PII ({', '.join(blocking)})")
-        return apply_findings(text, findings,
-                              lambda f, s: self._replacement(f, s, spoken, lang)), findings
+        return visible(apply_findings(text, findings,
+                                      lambda f, s: self._replacement(f, s, spoken, lang))), findings
+
+    def redact_text(self, text: str, *, lang: str | None = None) -> str:
+        """``text`` with every PII kind this redactor looks for replaced as on screen
+        (label or mask; a ``block`` kind is replaced by its label, never raised), and no
+        invisible characters. For text outside the speech path: tool arguments and
+        results that are shown, logged or remembered.
+
+        ``PIIRedactor().redact_text("mail jo@example.com")`` -> ``"mail [email address]"``
+        """
+        return self.scrub(text, spoken=False, lang=lang, block=False)[0]
+
+    def redact_json(self, text: str, *, lang: str | None = None) -> str:
+        """:meth:`redact_text` for a JSON document (tool arguments, a tool's JSON result):
+        every string in it, keys included, is redacted after JSON decoding, so a value
+        written with escapes (``"jo\\u0040example.com"``) is caught too; the result is
+        JSON again. Text that is not JSON is redacted as text."""
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return self.redact_text(text, lang=lang)
+
+        def walk(v: Any) -> Any:
+            if isinstance(v, str):
+                return self.redact_text(v, lang=lang)
+            if isinstance(v, list):
+                return [walk(x) for x in v]
+            if isinstance(v, dict):
+                return {walk(k): walk(x) for k, x in v.items()}
+            return v
+
+        return json.dumps(walk(value), ensure_ascii=False)
 
     # -------------------------------------------------------------- hooks
 
@@ -528,7 +586,7 @@ class PIIRedactor(Middleware):
         state = ctx.state
         prev = state.get("pii_tail", "")
         state["pii_tail"] = utt.original[-40:] if utt.original else utt.text[-40:]
-        if prev and _MAYBE.search(utt.text[:40]) is not None:
+        if prev and _MAYBE.search(normalize(utt.text[:40]).text) is not None:
             joined = prev + " " + utt.text
             cut = len(prev) + 1
             cross = [f for f in self.detector.find(joined) if f.start < cut < f.end]
@@ -545,8 +603,8 @@ class PIIRedactor(Middleware):
         disp = utt.display
         if disp is not None and (self.display or self.memory or not ctx.trace.keep_originals):
             new, dfound = self.scrub(disp, spoken=False, lang=lang, block=False)
+            utt.display = new
             if dfound:
-                utt.display = new
                 ctx.trace.record(self.label, "utterance", "redact",
                                  disp, new, "display: " + ", ".join(sorted({f.kind for f in dfound})))
         return utt

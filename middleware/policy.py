@@ -15,7 +15,10 @@ for any classifier or LLM judge.
     agent = Agent(thinker=..., middleware=[strict, Moderation(judge, timeout=0.2)])
 
 Both check each clause before it is spoken (and shown), and can screen the user's turn
-before the Thinker sees it (``input=True``, an input rail).
+before the Thinker sees it (``input=True``, an input rail). The blocklist matches the
+normalised text (:mod:`.normalize`: NFKC, invisible characters removed, look-alike dashes
+and dots folded), so "sword\u200bfish" and "ｓｗｏｒｄｆｉｓｈ" are "swordfish"; the
+moderation check is given the clause as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from omni_agent.errors import Blocked, ConfigError
 from omni_agent.events import AudioPart, Event, TextDelta, TextPart, UserTurn, Utterance
 from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
 
-from ._scan import Finding, StreamHold, apply_findings, held_stream, partial_start
+from ._scan import Finding, NormalizedScanner, StreamHold, apply_findings, held_stream, partial_start
+from .normalize import normalize, visible
 
 __all__ = ["Blocklist", "Moderation", "Verdict", "allow", "rewrite", "block", "ThinkerJudge"]
 
@@ -41,7 +45,7 @@ __all__ = ["Blocklist", "Moderation", "Verdict", "allow", "rewrite", "block", "T
 # ---------------------------------------------------------------------------- blocklist
 
 
-class _RuleScanner:
+class _RuleScanner(NormalizedScanner):
     """Finds blocklist matches; knows when streamed text could still become one."""
 
     def __init__(self, rx: regex.Pattern[str], names: list[str], starts: regex.Pattern[str] | None,
@@ -51,7 +55,7 @@ class _RuleScanner:
         self.starts = starts
         self.window = window
 
-    def find(self, text: str, pos: int = 0) -> list[Finding]:
+    def find_normalized(self, text: str, pos: int = 0) -> list[Finding]:
         out = []
         for m in self.rx.finditer(text, pos):
             if m.end() == m.start():
@@ -61,15 +65,17 @@ class _RuleScanner:
             out.append(Finding(name, m.start(), m.end()))
         return out
 
-    def hold_from(self, text: str, pos: int = 0) -> int:
+    def hold_from_normalized(self, text: str, pos: int = 0) -> int:
         return partial_start(self.rx, text, pos, starts=self.starts, window=self.window)
 
 
 class Blocklist(Middleware):
     """Blocks (or redacts) clauses that contain listed words, phrases or patterns.
 
-    * ``words`` — words or phrases, matched literally;
-    * ``patterns`` — regular expressions (Python syntax);
+    * ``words`` — words or phrases, matched literally (both they and the text are
+      normalised: invisible characters and fullwidth forms do not hide a word);
+    * ``patterns`` — regular expressions (Python syntax), matched against the normalised
+      text: write plain characters (ASCII "-" also matches a dash or a minus sign);
     * ``whole_word`` — words match only as whole words ("ass" not in "class"); patterns
       are taken as written. Use False for languages written without spaces (Chinese,
       Japanese);
@@ -93,7 +99,7 @@ class Blocklist(Middleware):
         super().__init__(name=name, timeout=timeout, fallback=fallback)
         if action not in ("block", "redact"):
             raise ConfigError(f"blocklist: action must be 'block' or 'redact', not {action!r}")
-        words = [w for w in words if w and w.strip()]
+        words = [n for n in (normalize(w).text for w in words if w) if n.strip()]
         patterns = list(patterns)
         if not words and not patterns:
             raise ConfigError("blocklist: give at least one entry in words=[...] or patterns=[...]")
@@ -135,15 +141,16 @@ class Blocklist(Middleware):
             self.on_input = None  # type: ignore[assignment]
 
     def check(self, text: str, ctx: TurnContext | None = None, *, block: bool = True) -> str:
-        """Return ``text`` filtered, or raise Blocked (action ``block``)."""
+        """Return ``text`` filtered (without invisible characters), or raise Blocked
+        (action ``block``)."""
         found = self.scanner.find(text)
         if not found:
-            return text
+            return visible(text)
         if self.action == "block" and block:
             keep = ctx is None or ctx.trace.keep_originals
             which = ", ".join(sorted({repr(f.kind) if keep else "a listed term" for f in found}))
             raise Blocked(f"{self.reason}: {which}")
-        return apply_findings(text, found, lambda f, s: self.replacement)
+        return visible(apply_findings(text, found, lambda f, s: self.replacement))
 
     def on_utterance(self, utt: Utterance, ctx: TurnContext) -> Utterance:
         utt.text = self.check(utt.text, ctx)
