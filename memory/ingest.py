@@ -64,7 +64,8 @@ class Chunk:
 @dataclass
 class IngestReport:
     """What an ingest did. ``errors`` holds ``(path, message)`` for each file that failed;
-    the other files were ingested all the same."""
+    the other files were ingested all the same. ``skipped`` holds ``(path, why)`` for each
+    link in a directory that leads out of it or nowhere (not followed, not a failure)."""
 
     files: int = 0
     chunks: int = 0
@@ -74,6 +75,9 @@ class IngestReport:
     load_seconds: float = 0.0  # loading the embedding model (not in ``seconds``)
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0  # reading, chunking, embedding and storing
+    # (path, why) for each entry of a directory left out on purpose: its real path (links
+    # resolved) is outside the directory, or the link cannot be resolved. Not a failure.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def chunks_per_s(self) -> float:
@@ -87,6 +91,8 @@ class IngestReport:
             s += f" ({self.chunks_per_s:.0f} chunks/s)"
         if self.errors:
             s += f"; {len(self.errors)} file(s) failed"
+        if self.skipped:
+            s += f"; {len(self.skipped)} path(s) skipped (links not followed)"
         return s
 
 
@@ -274,20 +280,34 @@ def chunk_file(path: str | Path, *, chunk_size: int = 600, overlap: int = 100) -
     return chunks
 
 
-def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+def find_files(paths: Iterable[str | Path],
+               ) -> tuple[list[Path], list[tuple[str, str]], list[tuple[str, str]]]:
     """Expand paths into the files to ingest, sorted. A directory contributes its supported
     files (recursively, hidden ones skipped); a file named explicitly is always taken.
-    Returns ``(files, errors)`` where errors are ``(path, message)`` for missing paths."""
+
+    A directory contributes only what lies inside it once links are resolved: an entry
+    whose real path is outside the directory (a link to ``/etc/passwd``, to a folder
+    elsewhere) is left out and listed in ``skipped``; a link that stays inside stands for
+    the file it points to. Returns ``(files, errors, skipped)``: errors are ``(path,
+    message)`` for missing paths, skipped are ``(path, why)``.
+    """
     files: list[Path] = []
     errors: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
+            root = p.resolve()
             for f in sorted(p.rglob("*")):
-                rel = f.relative_to(p).parts
-                if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES and \
-                        not any(part.startswith(".") for part in rel):
-                    files.append(f)
+                if any(part.startswith(".") for part in f.relative_to(p).parts):
+                    continue
+                real, why = _resolve_within(f, root)
+                if real is not None:
+                    if real.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES and \
+                            not any(part.startswith(".") for part in real.relative_to(root).parts):
+                        files.append(real if f.is_symlink() else f)
+                elif f.is_dir() or f.suffix.lower() in SUPPORTED_SUFFIXES:
+                    skipped.append((str(f), why))
         elif p.is_file():
             files.append(p)
         else:
@@ -299,7 +319,19 @@ def find_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[str,
         if r not in seen:
             seen.add(r)
             unique.append(f)
-    return unique, errors
+    return unique, errors, skipped
+
+
+def _resolve_within(f: Path, root: Path) -> tuple[Path | None, str]:
+    """``(real path, "")`` when ``f`` is inside ``root`` once its links are resolved, else
+    ``(None, why not)``."""
+    try:
+        real = f.resolve()
+    except (OSError, RuntimeError) as e:  # a link loop
+        return None, f"cannot resolve the link ({e}): not followed"
+    if real.is_relative_to(root):
+        return real, ""
+    return None, f"it links to {real}, outside {root}: not followed (give its real path to ingest it)"
 
 
 # --------------------------------------------------------------------------- ingest
@@ -325,7 +357,7 @@ def ingest(
     _check_sizes(chunk_size, overlap)
     report = IngestReport()
     t0 = perf_counter()
-    files, report.errors = find_files(paths)
+    files, report.errors, report.skipped = find_files(paths)
     # Chunk everything first (cheap) so the bar knows the total.
     planned: list[tuple[Path, list[Chunk]]] = []
     for f in files:

@@ -22,7 +22,8 @@ Rules, in the order they matter for speech:
 * The **first** utterance of a turn may be a short first clause (cut at ``, ; : —`` once
   it has ``first_min_chars``), so the Talker starts early. Later clauses are whole
   sentences, unless a sentence grows past ``max_chars``: then it is cut at its last
-  clause mark, or at the last space.
+  clause mark, or at the last space. No utterance is longer than ``max_chars``, however
+  the text arrives (one huge delta or many small ones), and feeding is linear in it.
 
 Lengths count CJK characters three times (one CJK character carries about a word).
 """
@@ -56,23 +57,34 @@ _DOTTED = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")  # U.S / e.g / a.m / Ph.D (la
 _LOWER_DOTTED_NEVER = frozenset({"e.g", "i.e", "E.g", "I.e", "viz", "c.f"})
 
 
-def _inside_number(buf: str, i: int) -> bool:
+def _inside_number(buf: str, i: int, lo: int = 0) -> bool:
     """Whether the space at ``buf[i]`` separates two groups of one number (a phone, card
     or IBAN: "+44 20 7946", "DE89 3704", "GB29 NWBK 6016"): alphanumeric on both sides,
-    and digits in the group before or after it."""
+    and digits in the group before or after it. ``lo``: where the utterance starts."""
     if i + 1 >= len(buf):
         return False
     a, b = buf[i - 1], buf[i + 1]
     if not ((a.isalnum() or a == ")") and (b.isalnum() or b in "(+")):
         return False
-    j = buf.rfind(" ", max(0, i - 40), i)
+    j = buf.rfind(" ", max(lo, i - 40), i)
     k = buf.find(" ", i + 1, i + 41)
-    before, after = buf[j + 1:i], buf[i + 1:k if k >= 0 else len(buf)]
+    before, after = buf[max(lo, j + 1):i], buf[i + 1:k if k >= 0 else len(buf)]
     return any(c.isdigit() for c in before) or any(c.isdigit() for c in after)
+
+
+_NON_SPACE = re.compile(r"\S")
+
+
+def _skip_space(buf: str, i: int) -> int:
+    """The first non-space index at or after ``i`` (an utterance starts there)."""
+    m = _NON_SPACE.search(buf, i)
+    return m.start() if m else len(buf)
 
 
 def _weight(s: str) -> int:
     """Length for the min/max rules: CJK characters count three."""
+    if s.isascii():  # the common case, without a regex pass
+        return len(s)
     return len(s) + 2 * len(_CJK.findall(s))
 
 
@@ -89,7 +101,7 @@ class Segmenter:
     """
 
     __slots__ = ("first_clause", "first_min_chars", "max_chars", "min_chars", "_buf", "_scan",
-                 "_count", "_last_clause")
+                 "_count", "_last_clause", "_fit_from", "_fit_end", "_fit_weight", "_full")
 
     def __init__(self, first_clause: bool = True, min_chars: int = 1, *, first_min_chars: int = 10,
                  max_chars: int = 250):
@@ -101,61 +113,85 @@ class Segmenter:
 
     def reset(self) -> None:
         """Forget buffered text; the next utterance counts as the first again."""
-        self._buf = ""
+        self._buf = ""  # the utterance being built: starts at a non-space (or is empty)
         self._scan = 0  # candidates before this index were already decided "no boundary"
         self._count = 0  # utterances given out so far
         self._last_clause = 0  # end of the last clause mark seen in the buffer (0: none)
+        self._forget_fit(0)
+
+    def _forget_fit(self, start: int) -> None:
+        # buf[_fit_from:_fit_end] is known to weigh _fit_weight <= max_chars; _full: the
+        # character at _fit_end does not fit any more.
+        self._fit_from = self._fit_end = start
+        self._fit_weight = 0
+        self._full = False
 
     # ------------------------------------------------------------------ streaming
 
     def feed(self, text: str) -> list[str]:
-        """Add streamed text; return the utterances it completed (often none)."""
+        """Add streamed text; return the utterances it completed (often none).
+
+        The work is linear in the text: the utterance's start is an index into the buffer
+        (the rest is not copied per piece), its length is measured once, and every look
+        back or ahead stops within ``max_chars`` of it.
+        """
         if not text:
             return []
-        self._buf += text
+        buf = self._buf + text
         out: list[str] = []
-        buf = self._buf
-        i = self._scan
+        lo = _skip_space(buf, 0)  # only when the buffer was empty: it starts at a non-space
+        i = max(self._scan, lo)
         search = _CANDIDATE.search
+        limit = self._fit(buf, lo)
         while True:
-            m = search(buf, i)
+            over = self._full  # the utterance already holds more than max_chars
+            m = search(buf, i, limit)  # only boundaries that keep the piece within max_chars
             if m is None:
-                i = len(buf)
-                break
-            p = m.start()
-            kind, end = self._decide(buf, p)
-            if kind == "more":
-                i = p  # decide again when more text has come
-                break
+                if not over:
+                    i = len(buf)
+                    break
+                kind, end = "max", limit
+            else:
+                p = m.start()
+                # Deciding may look ahead, but not past what could still fit.
+                kind, end = self._decide(buf, p, lo, min(len(buf), limit + 2))
+                if kind == "more":
+                    if not over:
+                        i = p  # decide again when more text has come
+                        break
+                    kind = "max"
+                elif kind == "sentence" and end > limit:
+                    kind = "max"  # closers after the end would take it past max_chars
             if kind == "no":
-                i = p + 1
+                i = end
                 continue
-            if kind == "clause":
+            if kind == "max":
+                # A sentence that grows too long without an end is cut anyway.
+                end = self._last_clause if self._last_clause > lo else self._space_cut(buf, lo, limit)
+            elif kind == "clause":
                 self._last_clause = end
                 if not (self.first_clause and self._count == 0 and not out
-                        and _weight(buf[:end].strip()) >= self.first_min_chars):
+                        and _weight(buf[lo:end].strip()) >= self.first_min_chars):
                     i = end
                     continue
-            piece = buf[:end].strip()
-            if _weight(piece) < self.min_chars and kind != "sentence":
+            piece = buf[lo:end].strip()
+            if kind in ("clause", "line") and len(piece) < self.min_chars and \
+                    _weight(piece) < self.min_chars:
                 i = end
                 continue
             if piece:
                 out.append(piece)
-            buf = buf[end:]
+            lo = i = _skip_space(buf, end)
             self._last_clause = 0
-            i = 0
-        # A sentence that grows too long without an end is cut anyway.
-        while _weight(buf) > self.max_chars:
-            cut = self._last_clause or self._space_cut(buf)
-            piece = buf[:cut].strip()
-            if piece:
-                out.append(piece)
-            buf = buf[cut:]
-            self._last_clause = 0
-            i = 0
-        self._buf = buf
-        self._scan = min(i, len(buf))
+            limit = self._fit(buf, lo)
+        # Keep only the utterance being built; indexes become relative to it.
+        self._buf = buf[lo:]
+        self._scan = i - lo
+        self._last_clause = max(0, self._last_clause - lo)
+        if self._fit_from == lo:
+            self._fit_from, self._fit_end = 0, self._fit_end - lo
+        else:
+            self._forget_fit(0)
         self._count += len(out)
         return out
 
@@ -165,6 +201,7 @@ class Segmenter:
         self._buf = ""
         self._scan = 0
         self._last_clause = 0
+        self._forget_fit(0)
         if not rest:
             return []
         self._count += 1
@@ -172,29 +209,52 @@ class Segmenter:
 
     # ------------------------------------------------------------------ rules
 
-    def _space_cut(self, buf: str) -> int:
-        limit = len(buf)
-        # The longest prefix within max_chars, ending at a space when there is one.
-        while limit > 1 and _weight(buf[:limit]) > self.max_chars:
-            limit -= max(1, (_weight(buf[:limit]) - self.max_chars) // 3)
-        space = buf.rfind(" ", 0, limit)
+    def _fit(self, buf: str, lo: int) -> int:
+        """The end of the longest stretch ``buf[lo:end]`` within ``max_chars``. Measured
+        once per utterance: a call weighs only text not weighed before."""
+        if lo != self._fit_from:
+            self._forget_fit(lo)
+        if self._full:
+            return self._fit_end
+        end, room, n = self._fit_end, self.max_chars - self._fit_weight, len(buf)
+        while end < n and room > 0:
+            chunk = buf[end:end + room]  # a character weighs at least 1: all of it may fit
+            w = _weight(chunk)
+            if w <= room:
+                end, room = end + len(chunk), room - w
+                continue
+            for ch in chunk:  # CJK near the limit: character by character
+                w = 3 if _CJK.match(ch) else 1
+                if w > room:
+                    break
+                end, room = end + 1, room - w
+            break
+        self._fit_end, self._fit_weight = end, self.max_chars - room
+        self._full = end < n
+        return end
+
+    def _space_cut(self, buf: str, lo: int, limit: int) -> int:
+        # The longest stretch within max_chars (buf[lo:limit]), ending at a space when
+        # there is one.
+        space = buf.rfind(" ", lo, limit)
         # Not between the groups of one number ("+44 20 | 7946 0958", "4111 | 1111 ..."):
         # safety middleware judge clause by clause, and half a phone number in each of
         # two clauses is recognised in neither until the first half was spoken.
         s = space
-        while s > 0 and _inside_number(buf, s):
-            s = buf.rfind(" ", 0, s)
-        if s > 0:
+        while s > lo and _inside_number(buf, s, lo):
+            s = buf.rfind(" ", lo, s)
+        if s > lo:
             space = s
-        return space + 1 if space > 0 else max(1, limit)
+        return space + 1 if space > lo else max(lo + 1, limit)
 
-    def _decide(self, buf: str, p: int) -> tuple[str, int]:
+    def _decide(self, buf: str, p: int, lo: int, n: int) -> tuple[str, int]:
         """Is there a boundary at ``buf[p]``? -> (kind, end) where kind is "sentence",
-        "clause", "line", "no" or "more" (cannot tell until more text arrives)."""
+        "clause", "line", "no" or "more" (cannot tell until more text arrives). The
+        utterance starts at ``lo``; ``n`` is how far the decision may look ahead."""
         ch = buf[p]
-        n = len(buf)
         if ch == "\n":
-            return ("line", p + 1) if buf[:p].strip() else ("no", p + 1)
+            # lo is the utterance's first non-space: text before the newline iff p > lo
+            return ("line", p + 1) if p > lo else ("no", p + 1)
         if ch in _CJK_CLAUSE:
             return "clause", p + 1
         if ch in _CJK_SENT:
@@ -204,14 +264,14 @@ class Segmenter:
             return "sentence", j  # decided now: CJK text rarely closes a quote after 。
         if ch in _CLAUSE or ch in "—–":
             if p + 1 >= n:
-                if ch in ",;" and p > 0 and buf[p - 1].isalpha() and not self._url_like(buf, p):
+                if ch in ",;" and p > lo and buf[p - 1].isalpha() and not self._url_like(buf, p, lo):
                     # "France," can't be "1,000" or a URL: decide now, not one token later.
                     return "clause", p + 1
                 return "more", p
             nxt = buf[p + 1]
             if ch == "—":
                 return "clause", p + 1  # an em dash is a pause with or without spaces
-            if ch == "–" and not (p > 0 and buf[p - 1] == " "):
+            if ch == "–" and not (p > lo and buf[p - 1] == " "):
                 return "no", p + 1  # an en dash in a range: 1–3
             if nxt.isspace():
                 return "clause", p + 1
@@ -231,12 +291,12 @@ class Segmenter:
             return "no", j  # 3.5, example.com, U.S (inner dot), ?x=1
         if buf[p:r] != ".":
             return "sentence", j  # ! ? … ?! or an ellipsis "..."
-        return self._after_period(buf, p, j)
+        return self._after_period(buf, p, j, lo, n)
 
-    def _after_period(self, buf: str, p: int, j: int) -> tuple[str, int]:
+    def _after_period(self, buf: str, p: int, j: int, lo: int, n: int) -> tuple[str, int]:
         """A single period followed by whitespace: abbreviation, marker or sentence end?"""
         start = p
-        while start > 0 and not buf[start - 1].isspace():
+        while start > lo and not buf[start - 1].isspace():
             start -= 1
         token = buf[start:p].lstrip(_OPENERS)
         if not token:
@@ -245,7 +305,7 @@ class Segmenter:
             return "no", j
         if len(token) == 1 and token.isalpha():
             return "no", j  # an initial (J. K. Rowling) or a lettered list marker (a. )
-        if token.isdigit() and len(token) <= 3 and self._marker_position(buf, start):
+        if token.isdigit() and len(token) <= 3 and self._marker_position(buf, start, lo):
             return "no", j  # "1. " at the start of a line is a list marker
         dotted = _DOTTED.match(token) is not None
         if dotted and token[0].isupper() and not token.islower():
@@ -253,25 +313,25 @@ class Segmenter:
         if dotted or token in _MAYBE_END:
             # a.m. / p.m. / etc. / Inc. end a sentence only before a capitalized word.
             k = j
-            while k < len(buf) and buf[k].isspace():
+            while k < n and buf[k].isspace():
                 k += 1
-            if k == len(buf):
+            if k == n:
                 return "more", p
             return ("sentence", j) if buf[k].isupper() else ("no", j)
         return "sentence", j
 
     @staticmethod
-    def _url_like(buf: str, p: int) -> bool:
+    def _url_like(buf: str, p: int, lo: int) -> bool:
         """Whether the word ending at ``p`` looks like a URL, path or e-mail address."""
-        start = buf.rfind(" ", 0, p) + 1
+        start = max(lo, buf.rfind(" ", lo, p) + 1)
         word = buf[start:p]
         return "/" in word or "@" in word or "." in word or word.startswith("www")
 
-    def _marker_position(self, buf: str, start: int) -> bool:
+    def _marker_position(self, buf: str, start: int, lo: int) -> bool:
         """Whether a number at ``start`` sits where list markers sit: at the start of a
         line or of an utterance ("2. close it" right after "1. open it."), or after a colon.
         A bare number ending an utterance on its own is rarer than a marker there."""
         k = start - 1
-        while k >= 0 and buf[k] in " \t":
+        while k >= lo and buf[k] in " \t":
             k -= 1
-        return k < 0 or buf[k] in "\n:"
+        return k < lo or buf[k] in "\n:"

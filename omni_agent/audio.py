@@ -10,7 +10,9 @@ files:
 * WAV files are written with soundfile.
 
 Bad input raises :class:`~omni_agent.errors.AudioInputError` with a message that says
-what was wrong (not audio, empty, silent where speech was needed, too long)::
+what was wrong (not audio, empty, silent where speech was needed, too long: then the
+:class:`AudioTooLongError` subclass, raised while decoding, before a small compressed
+file has expanded to hours)::
 
     samples = load_audio("question.flac", sample_rate=16000)   # float32 mono at 16 kHz
     write_wav("reply.wav", pcm_bytes, 22050)
@@ -24,7 +26,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from .events import AudioChunk, AudioPart
 
 __all__ = [
     "DEFAULT_MAX_SECONDS",
+    "AudioTooLongError",
     "decode_audio",
     "load_audio",
     "audio_part_samples",
@@ -105,41 +108,127 @@ def join_chunks(chunks: Iterable[AudioChunk]) -> tuple[bytes, int]:
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int] | None:
+class AudioTooLongError(AudioInputError):
+    """Audio longer than ``max_seconds``. Raised while decoding, as soon as the decoded
+    length passes the cap, so a small compressed file that expands to hours (a
+    decompression bomb) costs no more than the cap.
+
+    ``max_seconds`` is the cap; ``seconds`` how long the audio is, as far as known: the
+    length its header gives, else what was decoded before stopping (a lower bound).
+    """
+
+    def __init__(self, message: str, *, seconds: float, max_seconds: float):
+        super().__init__(message)
+        self.seconds = seconds
+        self.max_seconds = max_seconds
+
+
+# Frames per read: small enough that one block over the cap costs little.
+_BLOCK_FRAMES = 1 << 16
+
+
+class _Sink:
+    """Where decoded blocks go: each is mixed to mono, counted against the cap *before*
+    it is kept, and resampled on the fly, so memory holds only the output."""
+
+    def __init__(self, rate: int, sample_rate: int | None, max_seconds: float | None,
+                 what: str, claimed_frames: int = 0):
+        self.rate = rate
+        self.out_rate = sample_rate or rate
+        self.frames = 0  # decoded frames at the native rate
+        self.max_seconds = max_seconds
+        self.what = what
+        # A header's length is only for the message (the cap counts decoded frames); huge
+        # values mean "unknown" (libsndfile's SF_COUNT_MAX for streams).
+        self.claimed_seconds = claimed_frames / rate if 0 < claimed_frames < 1 << 48 else 0.0
+        self._parts: list[np.ndarray] = []
+        self._stream = None
+        if self.out_rate != rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(rate, self.out_rate, 1, dtype="float32")
+
+    def add(self, block: np.ndarray) -> None:
+        mono = to_mono(np.asarray(block, dtype=np.float32))
+        self.frames += len(mono)
+        if self.max_seconds is not None and self.frames > self.max_seconds * self.rate:
+            seconds = max(self.frames / self.rate, self.claimed_seconds)
+            long = (f"is {seconds:.1f} s long" if self.claimed_seconds > self.max_seconds
+                    else f"is longer than {self.max_seconds:g} s")
+            raise AudioTooLongError(f"{self.what} {long}; at most {self.max_seconds:.0f} s is "
+                                    "accepted (cut it, or raise max_seconds)",
+                                    seconds=seconds, max_seconds=self.max_seconds)
+        if self._stream is not None:
+            mono = self._stream.resample_chunk(mono)
+        self._parts.append(mono)
+
+    def result(self) -> tuple[np.ndarray, int]:
+        if self._stream is not None:
+            self._parts.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        samples = np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
+        return samples.astype(np.float32, copy=False), self.out_rate
+
+
+_SinkFactory = Callable[[int, int], _Sink]  # (native rate, frames the header claims) -> sink
+
+
+def _uncapped(rate: int, claimed_frames: int) -> _Sink:
+    return _Sink(rate, None, None, "audio", claimed_frames)
+
+
+def _decode_soundfile(source: bytes | str | IO[bytes], make_sink: _SinkFactory = _uncapped,
+                      ) -> _Sink | None:
     import soundfile as sf
 
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        with sf.SoundFile(source) as f:
+            sink = make_sink(int(f.samplerate), int(f.frames))
+            while True:
+                block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                sink.add(block)
+    except AudioTooLongError:
+        raise
     except Exception:  # noqa: BLE001 - any libsndfile failure: try the next decoder
         return None
-    return samples, int(rate)
+    return sink
 
 
-def _decode_av(data: bytes) -> tuple[np.ndarray, int] | None:
+def _decode_av(source: bytes | str | IO[bytes], make_sink: _SinkFactory = _uncapped,
+               ) -> _Sink | None:
     try:
         import av
     except ImportError:
         return None
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        with av.open(source, mode="r") as container:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate or stream.rate
+            if not rate:
+                return None
+            claimed = 0
+            if stream.duration and stream.time_base:
+                claimed = int(stream.duration * stream.time_base * rate)
+            sink = make_sink(int(rate), claimed)
             # Let FFmpeg convert every frame to float mono at the native rate.
             resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            parts = []
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    parts.append(out.to_ndarray().reshape(-1))
+                    sink.add(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):
-                parts.append(out.to_ndarray().reshape(-1))
+                sink.add(out.to_ndarray().reshape(-1))
+    except AudioTooLongError:
+        raise
     except Exception:  # noqa: BLE001 - not decodable by FFmpeg either
         return None
-    if not rate:
-        return None
-    samples = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-    return samples, int(rate)
+    return sink
 
 
 def decode_audio(source: bytes | str | Path, *, sample_rate: int | None = None,
@@ -149,34 +238,38 @@ def decode_audio(source: bytes | str | Path, *, sample_rate: int | None = None,
 
     Any sample rate and channel count is accepted; with ``sample_rate`` the result is
     resampled to it. Returns ``(samples, rate)``. Raises :class:`AudioInputError` when
-    the data is not audio, holds no samples, or is longer than ``max_seconds``.
+    the data is not audio or holds no samples, and :class:`AudioTooLongError` (an
+    AudioInputError) as soon as the decoded audio passes ``max_seconds`` (``None``: no
+    cap; only for audio you trust, since a small file can decode to hours).
+    Memory holds the output only (at ``sample_rate``), never the whole input at its own rate.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise AudioInputError(f"{what} file not found: {path}")
-        data = path.read_bytes()
         what = f"{what} file {path}"
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(12)
+        # Decoded from the path, not read into memory first: only what is decoded is held.
+        encoded: bytes | str = str(path)
     else:
-        data = bytes(source)
-    if not data:
+        encoded = bytes(source)
+        size, head = len(encoded), encoded[:12]
+    if not size:
         raise AudioInputError(f"{what} is empty (0 bytes): record or pick a file with speech in it")
-    decoded = _decode_soundfile(data) or _decode_av(data)
-    if decoded is None:
+
+    def make_sink(rate: int, claimed_frames: int) -> _Sink:
+        return _Sink(rate, sample_rate, max_seconds, what, claimed_frames)
+
+    sink = _decode_soundfile(encoded, make_sink) or _decode_av(encoded, make_sink)
+    if sink is None:
         raise AudioInputError(
-            f"{what} could not be decoded ({len(data)} bytes, starts with {data[:12]!r}): "
+            f"{what} could not be decoded ({size} bytes, starts with {head!r}): "
             "use WAV, FLAC, OGG, MP3, M4A or another common audio format")
-    samples, rate = decoded
-    samples = to_mono(np.asarray(samples, dtype=np.float32))
-    if samples.size == 0:
+    if sink.frames == 0:
         raise AudioInputError(f"{what} holds no audio samples: it is empty")
-    seconds = samples.size / rate
-    if max_seconds is not None and seconds > max_seconds:
-        raise AudioInputError(f"{what} is {seconds:.1f} s long; at most {max_seconds:.0f} s is "
-                              "accepted (cut it, or raise max_seconds)")
-    if sample_rate is not None and sample_rate != rate:
-        samples, rate = resample(samples, rate, sample_rate), sample_rate
-    return samples, rate
+    return sink.result()
 
 
 def load_audio(source: bytes | str | Path, sample_rate: int = 16000, *,
@@ -200,7 +293,8 @@ def audio_part_samples(part: AudioPart, sample_rate: int = 16000, *,
             raise AudioInputError("audio part holds no samples: it is empty")
         seconds = samples.size / part.sample_rate
         if max_seconds is not None and seconds > max_seconds:
-            raise AudioInputError(f"audio is {seconds:.1f} s long; at most {max_seconds:.0f} s is accepted")
+            raise AudioTooLongError(f"audio is {seconds:.1f} s long; at most {max_seconds:.0f} s is "
+                                    "accepted", seconds=seconds, max_seconds=max_seconds)
         return resample(samples, part.sample_rate, sample_rate)
     if part.data is not None:
         return load_audio(part.data, sample_rate, max_seconds=max_seconds)

@@ -162,12 +162,74 @@ _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
 _UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
+# Big-integer arithmetic holds the GIL: a worker-thread timeout cannot stop it, and one
+# huge number stalls every session of the process. So each operation that can grow an
+# integer is checked *before* it runs, from its operands' sizes, against _MAX_BITS; within
+# that bound no single operation takes more than a few milliseconds.
+_MAX_BITS = 40_000  # ~12,000 digits: beyond that a result is useless and slow to make
+_MAX_DIGITS = int(_MAX_BITS * math.log10(2))  # 12,041
+_MAX_FACTORIAL = 1000
+# Integers with more digits are shown in scientific notation: int -> str is quadratic,
+# and Python refuses it past 4,300 digits anyway (sys.get_int_max_str_digits).
+_MAX_SHOWN_DIGITS = 4000
+
+
+def _too_large(what: str, limit: str = f"at most about {_MAX_DIGITS:,} digits") -> ToolError:
+    return ToolError(f"the number is too large to compute: {what} ({limit})")
+
+
+def _digits(bits: float) -> str:
+    return f"about {bits * math.log10(2):,.0f} digits" if bits < 1e15 else "astronomically many digits"
+
+
+def _check_size(v: Any) -> Any:
+    if isinstance(v, int) and v.bit_length() > _MAX_BITS:
+        raise _too_large(f"the result would have {_digits(v.bit_length())}")
+    return v
+
+
+def _check_binop(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuse an integer ``**`` or ``*`` whose result would be over _MAX_BITS (the other
+    operators cannot grow a number by more than a bit, or work in floats)."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return  # float arithmetic: constant time, overflow is an OverflowError
+    if isinstance(op, ast.Pow) and right > 0 and abs(left) > 1:
+        bits = math.inf if right.bit_length() > 60 else right * math.log2(abs(left))
+        if bits > _MAX_BITS:
+            raise _too_large(f"{_short(left)} ** {_short(right)} would have {_digits(bits)}")
+    elif isinstance(op, ast.Mult) and left.bit_length() + right.bit_length() > _MAX_BITS + 1:
+        raise _too_large(f"the product would have {_digits(left.bit_length() + right.bit_length())}")
+
+
+def _short(v: Any) -> str:
+    """A number for a message: never the thousands of digits of a large one."""
+    if isinstance(v, int) and v.bit_length() > 64:
+        return f"(a number of {_digits(v.bit_length())})"
+    return str(v)
+
+
 def _factorial(n: Any) -> int:
-    if not float(n).is_integer() or n < 0:
+    if (isinstance(n, float) and not n.is_integer()) or n < 0:
         raise ToolError("factorial needs a whole number of at least 0")
-    if n > 1000:
-        raise ToolError("factorial: the number is too large (at most 1000)")
+    if n > _MAX_FACTORIAL:
+        raise _too_large(f"factorial({_short(n)})", f"at most factorial({_MAX_FACTORIAL})")
     return math.factorial(int(n))
+
+
+def _round(x: Any, ndigits: Any = None) -> Any:
+    # round(int, -n) builds 10**n: bound n like any other number of digits.
+    if isinstance(ndigits, int) and abs(ndigits) > _MAX_DIGITS:
+        raise _too_large(f"round(x, {_short(ndigits)})",
+                         f"ndigits from {-_MAX_DIGITS:,} to {_MAX_DIGITS:,}")
+    return round(x) if ndigits is None else round(x, ndigits)
+
+
+def _lcm(*args: Any) -> int:
+    # The lcm can have as many bits as all its arguments together.
+    bits = sum(a.bit_length() for a in args if isinstance(a, int))
+    if bits > _MAX_BITS:
+        raise _too_large(f"the lcm could have {_digits(bits)}")
+    return math.lcm(*args)
 
 
 def _log(x: Any, base: Any = None) -> float:
@@ -176,19 +238,18 @@ def _log(x: Any, base: Any = None) -> float:
 
 _FUNCS: dict[str, Callable[..., Any]] = {
     "sqrt": math.sqrt, "cbrt": lambda x: math.copysign(abs(x) ** (1 / 3), x), "abs": abs,
-    "round": round, "min": min, "max": max, "floor": math.floor, "ceil": math.ceil,
+    "round": _round, "min": min, "max": max, "floor": math.floor, "ceil": math.ceil,
     "log": _log, "ln": math.log, "log10": math.log10, "log2": math.log2, "exp": math.exp,
     "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin, "acos": math.acos,
     "atan": math.atan, "atan2": math.atan2, "sinh": math.sinh, "cosh": math.cosh,
     "tanh": math.tanh, "degrees": math.degrees, "radians": math.radians,
-    "factorial": _factorial, "hypot": math.hypot, "gcd": math.gcd, "lcm": math.lcm,
+    "factorial": _factorial, "hypot": math.hypot, "gcd": math.gcd, "lcm": _lcm,
 }
 _CONSTS = {"pi": math.pi, "e": math.e, "tau": math.tau, "inf": math.inf}
 # An expression starts with a number, a sign, a bracket or a word (sqrt, pi, "square
 # root of"): said in the schema, this keeps a small model under constrained decoding from
 # starting the string with junk.
 _EXPR_START = r"^[-+(0-9A-Za-z√π]"
-_MAX_BITS = 40_000  # ~12,000 digits: beyond that a result is useless and slow to make
 _MAX_LEN = 500
 
 _WORDS = [
@@ -215,12 +276,6 @@ def _normalise(expr: str) -> str:
     return s
 
 
-def _check_size(v: Any) -> Any:
-    if isinstance(v, int) and v.bit_length() > _MAX_BITS:
-        raise ToolError("the result is too large to compute")
-    return v
-
-
 def _eval(node: ast.AST) -> Any:
     if isinstance(node, ast.Expression):
         return _eval(node.body)
@@ -230,12 +285,7 @@ def _eval(node: ast.AST) -> Any:
         return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow):
-            if abs(right) > 10_000 or (abs(left) > 1 and abs(right) * math.log2(abs(left)) > _MAX_BITS):
-                raise ToolError("the result is too large to compute")
-        if isinstance(node.op, ast.Mult) and isinstance(left, int) and isinstance(right, int):
-            if left.bit_length() + right.bit_length() > _MAX_BITS:
-                raise ToolError("the result is too large to compute")
+        _check_binop(node.op, left, right)
         try:
             return _check_size(_BINOPS[type(node.op)](left, right))
         except ZeroDivisionError:
@@ -279,7 +329,8 @@ def evaluate(expression: str) -> int | float:
     try:
         value = _eval(tree)
     except OverflowError:
-        raise ToolError("the result is too large to compute") from None
+        raise _too_large("a decimal result would be beyond floating-point range",
+                         "at most about 1.8e308") from None
     if isinstance(value, complex):  # pragma: no cover - ** with fractional powers of negatives
         raise ToolError("the result is not a real number")
     return value
@@ -292,7 +343,35 @@ def _fmt(v: int | float) -> str:
         if v.is_integer() and abs(v) < 1e15:
             return str(int(v))
         return f"{v:.12g}"
+    if v.bit_length() > 3 * _MAX_SHOWN_DIGITS and _exponent10(abs(v)) >= _MAX_SHOWN_DIGITS:
+        return _scientific(v)
     return str(v)
+
+
+def _exponent10(a: int) -> int:
+    """floor(log10(a)) of a positive integer, without converting it to text."""
+    exp = int(math.log10(a))  # a float log10 of an int is off by at most one
+    if 10 ** exp > a:
+        exp -= 1
+    elif 10 ** (exp + 1) <= a:
+        exp += 1
+    return exp
+
+
+def _scientific(v: int) -> str:
+    """A large integer as a float is shown: 12 significant digits, ``1.23456789012e+5016``
+    (computed with integers: the number is far beyond float range)."""
+    a = abs(v)
+    exp = _exponent10(a)
+    scale = 10 ** (exp - 11)
+    lead, rest = divmod(a, scale)
+    if 2 * rest >= scale:
+        lead += 1
+    if lead == 10 ** 12:  # 9.99999999999|5 rounded up to 10
+        lead, exp = lead // 10, exp + 1
+    digits = str(lead).rstrip("0")
+    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return f"{'-' if v < 0 else ''}{mantissa}e+{exp}"
 
 
 @tool(examples=[("What is 12 times 31?", {"expression": "12 times 31"}),

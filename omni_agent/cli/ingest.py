@@ -29,6 +29,7 @@ def ingest(paths, collection, data_dir, chroma_url, chunk_size, overlap, threads
 
     Re-ingesting the same files updates them in place: no duplicates. A file that cannot
     be read is reported and skipped; the others are ingested (exit status 1 if any failed).
+    In a directory, links that lead out of it are not followed; each is listed.
     """
     from ..memory.embeddings import MiniLMEmbedding
     from ..memory.ingest import ingest as run_ingest
@@ -39,6 +40,8 @@ def ingest(paths, collection, data_dir, chroma_url, chunk_size, overlap, threads
     memory = VectorMemory(collection, data_dir=data_dir, url=chroma_url or None, create=True,
                           embedding=MiniLMEmbedding(threads=threads))
     report = run_ingest(list(paths), memory, chunk_size=chunk_size, overlap=overlap, progress=progress)
+    for path, why in report.skipped:  # left out on purpose: a link out of the folder
+        click.echo(click.style(f"skipped {path}: {why}", fg="yellow"), err=True)
     for path, message in report.errors:
         click.echo(click.style(f"skipped {path}: {message}", fg="red"), err=True)
     click.echo(f"{report.summary()}; collection {collection!r} at {memory.location} holds "
