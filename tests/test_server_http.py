@@ -108,7 +108,7 @@ async def test_voice_turn_with_audio_over_the_length_limit_is_refused_with_413()
         r = await c.post("/v1/voice", content=tone_wav(3.0))
     assert r.status_code == 413
     err = r.json()["error"]
-    assert err["code"] == "audio_too_long" and "3.0 s" in err["message"] and "2 s" in err["message"]
+    assert err["code"] == "audio_too_long" and "longer than 2 s" in err["message"]
     assert ears.seconds == []
 
 
@@ -120,7 +120,7 @@ async def test_body_over_the_size_limit_is_refused_with_413():
             for _ in range(20):
                 yield bytes(1000)
         r2 = await c.post("/v1/voice", content=chunks())
-    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     assert r2.status_code == 413
 
 

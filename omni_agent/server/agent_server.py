@@ -27,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -39,6 +40,7 @@ from time import monotonic
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,11 +49,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..audio import decode_audio, float_to_pcm16, wav_bytes
+from ..audio import AudioTooLongError, decode_audio, float_to_pcm16, wav_bytes
 from ..errors import AudioInputError, ConfigError, OmniAgentError, UnsupportedInputError
 from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
 from ..live import MAX_AUDIO_SECONDS, LiveConfig, LiveSession, VAD
 from ..tasks import task_group
+from .security import ServerLimits, WebSecurity, security_middleware, uvicorn_config
 
 __all__ = ["AgentServer", "ServerConfig", "STATIC_DIR", "audio_frame", "parse_audio_frame"]
 
@@ -93,6 +96,12 @@ class ServerConfig:
       that stops reading is disconnected after that (its slot is freed).
     * ``max_http_turns_per_client`` / ``max_http_turns`` — HTTP turns running at once, per
       client address and in all; more are refused (429 / 503) instead of queueing.
+    * ``allowed_hosts`` — ``Host`` names accepted besides loopback and the address the
+      connection arrived on (DNS rebinding: a web page cannot reach the agent through a
+      name of its own). ``allowed_origins`` — web pages (``https://app.example.com``) that
+      may open live sessions and post turns, besides loopback pages and the server's own.
+    * ``header_timeout`` — seconds a client has to send its request head (slowloris);
+      ``max_pending_per_client`` — connections one address may have still sending it.
     """
 
     token: str | None = None
@@ -108,6 +117,10 @@ class ServerConfig:
     send_timeout: float = 10.0
     max_http_turns_per_client: int = 4
     max_http_turns: int = 64
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    header_timeout: float = 10.0
+    max_pending_per_client: int = 128
 
     def check(self) -> "ServerConfig":
         """Validate; raises :class:`ConfigError` naming the bad value."""
@@ -118,13 +131,15 @@ class ServerConfig:
                               f"(40 minutes at most), not {self.max_audio_seconds!r}")
         for name in ("max_message_bytes", "max_request_bytes", "max_sessions_per_client",
                      "max_sessions", "max_protocol_errors", "max_http_turns_per_client",
-                     "max_http_turns"):
+                     "max_http_turns", "max_pending_per_client"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if self.shutdown_grace < 0:
             raise ConfigError("shutdown_grace must be >= 0 seconds")
         if not self.send_timeout > 0:
             raise ConfigError("send_timeout must be > 0 seconds")
+        if not self.header_timeout > 0:
+            raise ConfigError("header_timeout must be > 0 seconds")
         self.live = replace(self.live, max_turn_seconds=min(self.live.max_turn_seconds,
                                                             self.max_audio_seconds)).check()
         return self
@@ -212,11 +227,21 @@ class AgentServer:
         self._http_per_client: dict[str, int] = {}
         self._http_idle = asyncio.Event()
         self._http_idle.set()
+        self._decoders = anyio.CapacityLimiter(2)
         self._http_sessions: dict[str, Any] = {}  # session id -> Session with an HTTP turn running
         self.draining = False
         self._drained = False
         self.metrics = _Metrics(self)
+        try:
+            # Host allow-list, Origin check, refusal of cross-site "simple" posts, security
+            # headers, a streaming body limit. The token stays ours (it has its own messages).
+            self.web = WebSecurity(allowed_hosts=self.config.allowed_hosts,
+                                   allowed_origins=self.config.allowed_origins,
+                                   max_body_bytes=self.config.max_request_bytes)
+        except ValueError as e:
+            raise ConfigError(f"bad allowed_hosts or allowed_origins: {e}") from None
         self.app = Starlette(
+            middleware=security_middleware(self.web),
             routes=[
                 Route("/", self._index),
                 Route("/health", self._health),
@@ -247,13 +272,16 @@ class AgentServer:
         return loaded
 
     def uvicorn_config(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> Any:
-        """A uvicorn Config for this app with the server's limits applied."""
-        import uvicorn
-
+        """A uvicorn Config for this app with the server's limits applied (concurrency,
+        header timeout, no token in the logs)."""
         kw.setdefault("log_level", "warning")
         kw.setdefault("timeout_graceful_shutdown", self.config.shutdown_grace + 5)
-        return uvicorn.Config(
-            self.app, host=host, port=port, lifespan="on",
+        limits = ServerLimits(limit_concurrency=self.config.max_sessions + 256,
+                              header_timeout=self.config.header_timeout,
+                              max_pending_connections=max(256, self.config.max_pending_per_client),
+                              max_pending_per_client=self.config.max_pending_per_client)
+        return uvicorn_config(
+            self.app, host=host, port=port, limits=limits, lifespan="on",
             # Oversized messages are refused by us with a clear error; uvicorn's own limit
             # (which closes the socket with 1009) only stops absurd ones.
             ws_max_size=max(4 * self.config.max_message_bytes, 1 << 20),
@@ -387,13 +415,13 @@ class AgentServer:
         limit = self.config.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _Reject(413, "too_large", f"the request body is {int(declared)} bytes; at most "
+            raise _Reject(413, "request_too_large", f"the request body is {int(declared)} bytes; at most "
                           f"{limit} bytes are accepted")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise _Reject(413, "too_large", f"the request body is over {limit} bytes")
+                raise _Reject(413, "request_too_large", f"the request body is over {limit} bytes")
         return bytes(body)
 
     def _claim(self, session_id: str | None) -> str:
@@ -485,14 +513,18 @@ class AgentServer:
                               "OGG, MP3...) as the request body")
             limit = self.config.max_audio_seconds
             try:
-                samples, rate = await asyncio.to_thread(decode_audio, body, sample_rate=16000,
-                                                        max_seconds=None, what="uploaded audio")
+                # Capped while decoding: a small compressed file can expand to hours (a bomb).
+                # At most two decodes at once: a flood of uploads waits its turn instead of
+                # taking every core from the live sessions.
+                samples, rate = await anyio.to_thread.run_sync(
+                    functools.partial(decode_audio, body, sample_rate=16000, max_seconds=limit,
+                                      what="uploaded audio"), limiter=self._decoders)
+            except AudioTooLongError:
+                raise _Reject(413, "audio_too_long", f"the audio is longer than {limit:.0f} s "
+                              f"({limit / 60:.0f} minutes), the most accepted per request: send "
+                              "a shorter recording") from None
             except AudioInputError as e:
                 raise _Reject(400, "bad_audio", str(e)) from None
-            seconds = samples.size / rate
-            if seconds > limit:
-                raise _Reject(413, "audio_too_long", f"the audio is {seconds:.1f} s long; at most "
-                              f"{limit:.0f} s ({limit / 60:.0f} minutes) is accepted per request")
             part = AudioPart(pcm=float_to_pcm16(samples), sample_rate=rate, mime="audio/L16")
             flag = lambda k: q.get(k, "").lower() in ("1", "true", "yes")  # noqa: E731
             return await self._one_turn(request, UserTurn(parts=[part]), q.get("session_id"), flag("audio"),

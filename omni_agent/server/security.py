@@ -617,13 +617,32 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class RefusedHandshakes(logging.Filter):
+    """uvicorn logs every WebSocket handshake an app refuses on purpose (a 403 for a foreign
+    Origin, a 400 for a foreign Host) as an ERROR, "returned without completing handshake".
+    Here the refusal is the design, answered with a clear error: log it as INFO."""
+
+    _TEXT = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.msg == self._TEXT:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "WebSocket handshake refused (the client was told why)"
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def install_log_redaction(loggers: Sequence[str] = ("uvicorn.access", "uvicorn.error")) -> None:
     """Attach :class:`RedactTokens` to uvicorn's loggers (idempotent). ``uvicorn.error``
-    is included because uvicorn logs WebSocket paths, query and all, there."""
+    is included because uvicorn logs WebSocket paths, query and all, there; it also gets
+    :class:`RefusedHandshakes`."""
     for name in loggers:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in logger.filters):
             logger.addFilter(RedactTokens())
+    error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, RefusedHandshakes) for f in error.filters):
+        error.addFilter(RefusedHandshakes())
 
 
 # ---------------------------------------------------------------------------- uvicorn
