@@ -484,31 +484,39 @@ class Bus:
                     yield ev
                     continue
                 if fast:
-                    # The hot path: plain calls, no await, no timing.
+                    # The hot path: plain calls, no await, no timing. The text is read once
+                    # per hook (after it): a hook that passes the event on unchanged costs a
+                    # call, an identity check and a comparison.
+                    before = getattr(ev, "text", None)
                     for h, fn in fns:
-                        before = getattr(ev, "text", None)
                         try:
                             out = fn(ev, ctx)
                         except BaseException as e:  # noqa: BLE001 - fail-closed, recorded
                             if is_cancellation(e):
                                 raise
-                            out, _ = self._failed(h, ev, ctx, "event", e)
-                        else:
-                            if out is ev:  # passed on (maybe changed in place): the common case
-                                if getattr(ev, "text", None) != before:
-                                    ctx.trace.record(h.label, "event", "rewrite", before, ev.text, ctx._note)
-                                    ctx._note = ""
-                            elif out is None:
-                                ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
-                                ctx._note = ""
-                            elif not isinstance(out, Event):
-                                out, _ = self._failed(h, ev, ctx, "event", _WrongType(h, "event", out))
-                            elif (after := getattr(out, "text", None)) != before:
+                            ev, _ = self._failed(h, ev, ctx, "event", e)
+                            break
+                        if out is ev:  # passed on, maybe changed in place
+                            after = getattr(ev, "text", None)
+                            if after != before:
                                 ctx.trace.record(h.label, "event", "rewrite", before, after, ctx._note)
                                 ctx._note = ""
-                        ev = out
-                        if ev is None:
+                                before = after
+                            continue
+                        if out is None:
+                            ctx.trace.record(h.label, "event", "drop", before, None, ctx._note)
+                            ctx._note = ""
+                            ev = None
                             break
+                        if not isinstance(out, Event):
+                            ev, _ = self._failed(h, ev, ctx, "event", _WrongType(h, "event", out))
+                            break
+                        after = getattr(out, "text", None)
+                        if after != before:
+                            ctx.trace.record(h.label, "event", "rewrite", before, after, ctx._note)
+                            ctx._note = ""
+                            before = after
+                        ev = out
                 else:
                     for h in hooks:
                         ev, blocked = await self._call(h, ev, ctx, "event")
