@@ -50,7 +50,7 @@ from .tasks import task_group
 from .thinker import GenerationSettings, Message, Thinker, ThinkerRequest
 from .trace import Segment, Trace
 
-__all__ = ["Agent", "Session", "TurnEvents", "TurnResult", "InMemoryHistory"]
+__all__ = ["Agent", "Session", "TurnResult", "InMemoryHistory"]
 
 
 class InMemoryHistory:
@@ -376,7 +376,7 @@ class Session:
         Talker, a refusal's fallback line: whatever it is doing now stops. Returns False
         when no turn was running. The turn's stream then ends with Interruption and TurnEnd."""
         ctx, scope, out = self._ctx, self._scope, self._out
-        if ctx is None or scope is None or out is None or ctx.interrupted or scope.cancel_called:
+        if ctx is None or scope is None or out is None or ctx.interrupted:
             return False
         ctx.interrupted = True
         ctx.interrupt_reason = reason
@@ -408,7 +408,7 @@ class Session:
                 yield ev
 
     @contextlib.asynccontextmanager
-    async def turn(self, turn: str | UserTurn) -> AsyncIterator["TurnEvents"]:
+    async def turn(self, turn: str | UserTurn) -> AsyncIterator[AsyncIterator[Event]]:
         """One turn as an async context manager: its task group owns the Thinker side,
         the Talker side and any tool calls; leaving the block cancels whatever is still
         running and waits for it. Raises :class:`OmniAgentError` at once when a turn is
@@ -436,10 +436,14 @@ class Session:
             # here came from the caller's block: task_group gives it back as raised.
             async with task_group() as tg:
                 tg.start_soon(self._drive, turn, ctx, out, self._scope)
+                ended: list[bool] = []
+                events = _read(out, ctx, ended)
                 try:
-                    yield TurnEvents(out, ctx)
+                    yield events
                 finally:
-                    tg.cancel_scope.cancel()  # a no-op when the turn has ended
+                    if not ended:  # the reader left early: stop what is still running
+                        tg.cancel_scope.cancel()
+                    await events.aclose()
         finally:
             self.last_trace = trace
             self._ctx = self._out = self._scope = None
@@ -489,7 +493,7 @@ class Session:
                 finally:
                     ctx.task_group = None
         # The turn's work is over: from here on an interrupt() has nothing left to stop.
-        scope.cancel()
+        self._scope = None
         interrupted = ctx.interrupted
         if interrupted:
             await out.put(Interruption(reason=ctx.interrupt_reason or "barge-in",
@@ -798,33 +802,19 @@ _END = object()
 _STALE = frozenset({AudioChunk, Utterance, TextDelta, ReasoningDelta})
 
 
-class TurnEvents:
-    """The events of one running turn, in order; ends after TurnEnd (see :meth:`Session.turn`)."""
-
-    __slots__ = ("_out", "_ctx", "_done")
-
-    def __init__(self, out: asyncio.Queue[Any], ctx: TurnContext):
-        self._out = out
-        self._ctx = ctx
-        self._done = False
-
-    def __aiter__(self) -> "TurnEvents":
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._done:
-            raise StopAsyncIteration
-        while True:
-            ev = await self._out.get()
-            if ev is _END:
-                self._done = True
-                raise StopAsyncIteration
-            if type(ev) is _Raise:
-                self._done = True
-                raise ev.exc
-            if self._ctx.interrupted and type(ev) in _STALE:
-                continue
-            return ev
+async def _read(out: asyncio.Queue[Any], ctx: TurnContext, ended: list[bool]) -> AsyncIterator[Event]:
+    """The events of one running turn, in order, until its end (``ended`` gets a mark)."""
+    while True:
+        ev = await out.get()
+        if ev is _END:
+            ended.append(True)
+            return
+        if type(ev) is _Raise:
+            ended.append(True)
+            raise ev.exc
+        if ctx.interrupted and type(ev) in _STALE:
+            continue  # made just before the interruption landed: moot
+        yield ev
 
 
 def _redact(fns: list[Callable[[str], str]], text: Any) -> Any:
