@@ -153,6 +153,27 @@ def rss_bytes(pid: int, key: str = "VmRSS") -> int:
     raise RuntimeError(f"no {key}")
 
 
+def children(pid: int) -> list[int]:
+    """The server's child processes (its upload decoders)."""
+    out: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """RSS of the server and its child processes together."""
+    total = rss_bytes(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            total += rss_bytes(child)
+    return total
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -636,7 +657,7 @@ class Hostile:
 async def sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(OSError, RuntimeError):
-            peak[0] = max(peak[0], rss_bytes(pid))
+            peak[0] = max(peak[0], tree_rss(pid))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
 
@@ -745,6 +766,9 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> bool:
         gauges = await read_gauges(base)
     settle = perf_counter() - t_end
     hwm = rss_bytes(pid, "VmHWM")
+    for child in children(pid):
+        with contextlib.suppress(OSError, RuntimeError):
+            hwm += rss_bytes(child, "VmHWM")
 
     ok = True
 
@@ -767,6 +791,7 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> bool:
     peak = max(fault_peak, hwm)
     target("server peak RSS, fault run", peak <= RSS_BOUND,
            f"{fault_peak / MIB:.0f} MiB sampled every 0.25 s, {hwm / MIB:.0f} MiB VmHWM "
+           "(server and its upload decoders together) "
            f"(bound {RSS_BOUND / MIB:.0f} MiB)")
     target("slots back to 0 after the run", all(v == 0 for v in gauges.values()),
            f"omni_agent_active_sessions {gauges['omni_agent_active_sessions']:g}, "

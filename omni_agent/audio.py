@@ -26,7 +26,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import numpy as np
 
@@ -121,6 +121,13 @@ class AudioTooLongError(AudioInputError):
         super().__init__(message)
         self.seconds = seconds
         self.max_seconds = max_seconds
+
+    def __reduce__(self) -> Any:  # it crosses process boundaries (a decode worker)
+        return _too_long, (str(self), self.seconds, self.max_seconds)
+
+
+def _too_long(message: str, seconds: float, max_seconds: float) -> AudioTooLongError:
+    return AudioTooLongError(message, seconds=seconds, max_seconds=max_seconds)
 
 
 # Frames per read: small enough that one block over the cap costs little.

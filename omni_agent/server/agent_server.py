@@ -27,7 +27,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import hmac
 import json
 import logging
@@ -40,7 +39,6 @@ from time import monotonic
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -49,12 +47,13 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..audio import AudioTooLongError, decode_audio, float_to_pcm16, wav_bytes
+from ..audio import AudioTooLongError, wav_bytes
 from ..errors import AudioInputError, ConfigError, OmniAgentError, UnsupportedInputError
 from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
 from ..live import MAX_AUDIO_SECONDS, LiveConfig, LiveSession, VAD
 from ..tasks import task_group
 from .security import ServerLimits, WebSecurity, security_middleware, uvicorn_config
+from .uploads import decode_upload
 
 __all__ = ["AgentServer", "ServerConfig", "STATIC_DIR", "audio_frame", "parse_audio_frame"]
 
@@ -80,7 +79,8 @@ class ServerConfig:
       ``Authorization: Bearer <token>`` (a WebSocket may pass ``?token=`` instead, since
       browsers cannot set headers on one).
     * ``max_message_bytes`` — largest WebSocket message (an audio frame or a JSON message).
-    * ``max_request_bytes`` — largest HTTP request body (an uploaded audio file).
+    * ``max_request_bytes`` — largest HTTP request body (an uploaded audio file);
+      ``max_json_bytes`` — largest JSON body (a text turn).
     * ``max_audio_seconds`` — longest audio per request or per user turn (at most 2400 s,
       40 minutes, like Qwen3-Omni's audio input).
     * ``max_sessions_per_client`` — live sessions one client address may hold at once.
@@ -107,6 +107,7 @@ class ServerConfig:
     token: str | None = None
     max_message_bytes: int = 1 << 20
     max_request_bytes: int = 64 << 20
+    max_json_bytes: int = 1 << 20
     max_audio_seconds: float = MAX_AUDIO_SECONDS
     max_sessions_per_client: int = 8
     max_sessions: int = 1000
@@ -129,7 +130,7 @@ class ServerConfig:
         if not 0 < self.max_audio_seconds <= MAX_AUDIO_SECONDS:
             raise ConfigError(f"max_audio_seconds must be in (0, {MAX_AUDIO_SECONDS:.0f}] "
                               f"(40 minutes at most), not {self.max_audio_seconds!r}")
-        for name in ("max_message_bytes", "max_request_bytes", "max_sessions_per_client",
+        for name in ("max_message_bytes", "max_request_bytes", "max_json_bytes", "max_sessions_per_client",
                      "max_sessions", "max_protocol_errors", "max_http_turns_per_client",
                      "max_http_turns", "max_pending_per_client"):
             if getattr(self, name) < 1:
@@ -227,7 +228,6 @@ class AgentServer:
         self._http_per_client: dict[str, int] = {}
         self._http_idle = asyncio.Event()
         self._http_idle.set()
-        self._decoders = anyio.CapacityLimiter(2)
         self._http_sessions: dict[str, Any] = {}  # session id -> Session with an HTTP turn running
         self.draining = False
         self._drained = False
@@ -269,6 +269,12 @@ class AgentServer:
             t0 = monotonic()
             self._vad = await asyncio.to_thread(default_vad)
             loaded["vad"] = monotonic() - t0
+        if self.agent.ears is not None or "audio" in self.agent.thinker.accepts:
+            from .uploads import warm
+
+            t0 = monotonic()
+            await warm()  # the upload decoders' worker processes
+            loaded["upload decoders"] = monotonic() - t0
         return loaded
 
     def uvicorn_config(self, host: str = "127.0.0.1", port: int = 8765, **kw: Any) -> Any:
@@ -356,6 +362,9 @@ class AgentServer:
     async def _lifespan(self, app: Starlette) -> Any:
         yield
         await self.drain()
+        from .uploads import shutdown
+
+        shutdown()
         with contextlib.suppress(Exception):
             await self.agent.aclose()
 
@@ -411,8 +420,8 @@ class AgentServer:
             raise _Reject(401, "unauthorized", "missing or wrong token: send the header "
                           "'Authorization: Bearer <token>' with the server's token")
 
-    async def _body(self, request: Request) -> bytes:
-        limit = self.config.max_request_bytes
+    async def _body(self, request: Request, limit: int | None = None) -> bytes:
+        limit = self.config.max_request_bytes if limit is None else limit
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Reject(413, "request_too_large", f"the request body is {int(declared)} bytes; at most "
@@ -422,6 +431,9 @@ class AgentServer:
             body += chunk
             if len(body) > limit:
                 raise _Reject(413, "request_too_large", f"the request body is over {limit} bytes")
+            # A big upload that arrives faster than it is read would otherwise be taken in
+            # one go, holding the loop (and every live session) for its whole length.
+            await asyncio.sleep(0)
         return bytes(body)
 
     def _claim(self, session_id: str | None) -> str:
@@ -474,7 +486,7 @@ class AgentServer:
     async def _text_turn(self, request: Request) -> Response:
         try:
             self._check_auth(request)
-            body = await self._body(request)
+            body = await self._body(request, self.config.max_json_bytes)
             try:
                 data = json.loads(body)
             except RecursionError:
@@ -514,18 +526,16 @@ class AgentServer:
             limit = self.config.max_audio_seconds
             try:
                 # Capped while decoding: a small compressed file can expand to hours (a bomb).
-                # At most two decodes at once: a flood of uploads waits its turn instead of
-                # taking every core from the live sessions.
-                samples, rate = await anyio.to_thread.run_sync(
-                    functools.partial(decode_audio, body, sample_rate=16000, max_seconds=limit,
-                                      what="uploaded audio"), limiter=self._decoders)
+                # In worker processes at a lower priority (omni_agent.server.uploads): the
+                # live sessions keep their cores and the server its memory.
+                pcm, rate = await decode_upload(body, sample_rate=16000, max_seconds=limit)
             except AudioTooLongError:
                 raise _Reject(413, "audio_too_long", f"the audio is longer than {limit:.0f} s "
                               f"({limit / 60:.0f} minutes), the most accepted per request: send "
                               "a shorter recording") from None
             except AudioInputError as e:
                 raise _Reject(400, "bad_audio", str(e)) from None
-            part = AudioPart(pcm=float_to_pcm16(samples), sample_rate=rate, mime="audio/L16")
+            part = AudioPart(pcm=pcm, sample_rate=rate, mime="audio/L16")
             flag = lambda k: q.get(k, "").lower() in ("1", "true", "yes")  # noqa: E731
             return await self._one_turn(request, UserTurn(parts=[part]), q.get("session_id"), flag("audio"),
                                         flag("events"), "http")

@@ -673,8 +673,11 @@ class _HeaderGuard:
     # -- state
 
     def _guard_in_request(self) -> bool:
+        # A request is in hand while its response is unfinished, or while its body is still
+        # arriving (the app may answer early, a 413 say, before the upload is done: those
+        # bytes are body, not the next request's head).
         cycle = getattr(self, "cycle", None)
-        return cycle is not None and not cycle.response_complete
+        return cycle is not None and (not cycle.response_complete or getattr(cycle, "more_body", False))
 
     def _guard_start(self) -> None:
         cls = type(self)
