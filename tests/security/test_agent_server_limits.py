@@ -53,3 +53,26 @@ async def test_a_flac_bomb_is_refused_while_it_decodes_without_holding_its_audio
     # Two hours at 16 kHz float32 would be 460 MB; the cap stops it near 60 s (4 MB).
     assert peak < 64 << 20, f"peak {peak / 2**20:.0f} MiB"
     assert took < 10
+
+
+async def test_an_upload_refused_mid_stream_gets_its_413_not_a_broken_connection():
+    srv = AgentServer(Agent(thinker=ScriptedThinker("x", accepts=["text"]), ears=Ears()),
+                      ServerConfig(max_request_bytes=1 << 20, shutdown_grace=0.2), vad=EnergyVAD())
+
+    async def chunks():
+        for _ in range(8):
+            yield bytes(1 << 19)  # 4 MiB in all, with no Content-Length
+
+    async with srv.running() as url, httpx.AsyncClient(base_url=url, timeout=30) as h:
+        for _ in range(3):  # and again on the same kept-alive connection
+            r = await h.post("/v1/voice", content=chunks())
+            assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert (await h.get("/health")).status_code == 200
+
+
+async def test_a_text_turn_body_is_capped_far_below_an_upload():
+    thinker = ScriptedThinker("x", accepts=["text"])
+    srv = AgentServer(Agent(thinker=thinker), ServerConfig(shutdown_grace=0.2), vad=EnergyVAD())
+    async with srv.running() as url, httpx.AsyncClient(base_url=url, timeout=30) as h:
+        r = await h.post("/v1/turn", json={"text": "x" * (2 << 20)})
+    assert r.status_code == 413 and thinker.requests == []
