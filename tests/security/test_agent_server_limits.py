@@ -60,8 +60,9 @@ async def test_an_upload_refused_mid_stream_gets_its_413_not_a_broken_connection
                       ServerConfig(max_request_bytes=1 << 20, shutdown_grace=0.2), vad=EnergyVAD())
 
     async def chunks():
-        for _ in range(8):
-            yield bytes(1 << 19)  # 4 MiB in all, with no Content-Length
+        block = bytes(1 << 20)
+        for _ in range(24):
+            yield block  # 24 MiB in all, with no Content-Length
 
     async with srv.running() as url, httpx.AsyncClient(base_url=url, timeout=30) as h:
         for _ in range(3):  # and again on the same kept-alive connection
