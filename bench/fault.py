@@ -57,35 +57,12 @@ TURN_TIMEOUT = 20.0  # an honest turn with no reply in this long has failed
 ATTACK_TIMEOUT = 20.0  # one hostile attempt gives up after this long
 SLOWLORIS_SOCKETS = 50
 # '{"type":"text","text":"hi \ud800"}' as a client writes it: the JSON escape of a lone surrogate.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load import FastTalker  # noqa: E402 - the same cheap Talker as the load benchmark
+
 LONE_SURROGATE = '{"type":"text","text":"hi \\ud800"}'
 DEEP_JSON = "[" * 100_000
 MIB = 1 << 20
-
-
-class FastTalker:
-    """A Talker that costs next to nothing: slices of a precomputed tone, ~60 ms of audio
-    per character, all at once (so the figures measure the server, not synthesis)."""
-
-    name = "fast"
-    sample_rate = 16000
-
-    def __init__(self) -> None:
-        import numpy as np
-
-        t = np.arange(self.sample_rate * 10) / self.sample_rate
-        self._pcm = (0.2 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2").tobytes()
-
-    async def speak(self, utterance):
-        from omni_agent.events import AudioChunk
-
-        total = min(len(self._pcm), int(len(utterance.text) * 0.06 * self.sample_rate) * 2)
-        step = self.sample_rate // 10 * 2  # 100 ms chunks
-        for i in range(0, total, step):
-            yield AudioChunk(pcm=self._pcm[i:i + step], sample_rate=self.sample_rate,
-                             utterance_index=utterance.index, final=i + step >= total)
-
-    async def aclose(self) -> None:
-        return None
 
 
 def expression_of(text: str) -> str:
