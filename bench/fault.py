@@ -641,12 +641,15 @@ async def sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 0.25)
 
 
-async def hostile_process(port: int, seconds: float, table: list[str], skip: str = "") -> None:
+async def hostile_process(port: int, seconds: float, table: list[str], skip: str = "",
+                          nice: int = 0) -> None:
     """The hostile client in a process of its own, so its work (building bombs and huge
-    bodies) does not share the honest clients' event loop; its tally comes back as lines."""
+    bodies) does not share the honest clients' event loop; its tally comes back as lines.
+    ``nice``: its CPU priority (an attacker on another machine takes no core from the
+    server; on one small machine a lower priority stands in for that)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--hostile", str(port), str(seconds), "--skip", skip,
-        stdout=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, preexec_fn=(lambda: os.nice(nice)) if nice else None)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), seconds + 120)
     finally:
@@ -664,7 +667,8 @@ def run_hostile(port: int, seconds: float, skip: str) -> None:
 
 
 async def phase(sessions: list[Honest], seconds: float, pid: int, port: int | None = None,
-                table: list[str] | None = None, skip: str = "") -> tuple[HonestStats, int]:
+                table: list[str] | None = None, skip: str = "", nice: int = 0,
+                ) -> tuple[HonestStats, int]:
     """The honest sessions converse for ``seconds`` (with the hostile client, if ``port``);
     returns their stats and the server's peak sampled RSS."""
     stats, peak, stop = HonestStats(), [0], asyncio.Event()
@@ -673,7 +677,7 @@ async def phase(sessions: list[Honest], seconds: float, pid: int, port: int | No
     try:
         tasks = [s.converse(deadline, stats) for s in sessions]
         if port is not None and table is not None:
-            tasks.append(hostile_process(port, seconds, table, skip))
+            tasks.append(hostile_process(port, seconds, table, skip, nice))
         await asyncio.gather(*tasks)
     finally:
         stop.set()
@@ -732,9 +736,11 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> bool:
           f"{quiet_peak / MIB:.0f} MiB", flush=True)
 
     table: list[str] = []
-    fault, fault_peak = await phase(sessions, args.seconds, pid, port, table, args.skip)
+    fault, fault_peak = await phase(sessions, args.seconds, pid, port, table, args.skip,
+                                    args.attacker_nice)
     print(f"fault run ({args.seconds:g} s): {summary(fault)}", flush=True)
-    print("hostile traffic, from its own process (sent, slowest answer, what came back):")
+    print(f"hostile traffic, from its own process at nice +{args.attacker_nice} "
+          "(sent, slowest answer, what came back):")
     print("\n".join(table))
 
     await asyncio.gather(*(s.close() for s in sessions))
@@ -788,6 +794,9 @@ def main() -> None:
     ap.add_argument("--skip", default="", metavar="KINDS",
                     help="attack loops to leave out, comma-separated (e.g. 'voice FLAC bomb,slowloris'), "
                          "to see what each one costs")
+    ap.add_argument("--attacker-nice", type=int, default=0, metavar="N",
+                    help="run the hostile client at this CPU niceness (e.g. 10: as if it ran on "
+                         "another machine, taking no core from the server); default 0")
     ap.add_argument("--hostile", nargs=2, metavar=("PORT", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:

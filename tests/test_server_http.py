@@ -115,13 +115,13 @@ async def test_voice_turn_with_audio_over_the_length_limit_is_refused_with_413()
 async def test_body_over_the_size_limit_is_refused_with_413():
     async with make_server(max_request_bytes=10_000).running() as url, httpx.AsyncClient(base_url=url) as c:
         r = await c.post("/v1/voice", content=tone_wav(2.0))
-        # Without a Content-Length the body is counted while it streams in.
+        # An upload of unknown length is refused before it is read: it must say its size.
         async def chunks():
             for _ in range(20):
                 yield bytes(1000)
         r2 = await c.post("/v1/voice", content=chunks())
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
-    assert r2.status_code == 413
+    assert r2.status_code == 411 and r2.json()["error"]["code"] == "length_required"
 
 
 async def test_upload_that_is_not_audio_gets_a_clear_400():

@@ -519,6 +519,12 @@ class AgentServer:
             if unknown:
                 raise _Reject(400, "bad_request", f"unknown parameter(s) {sorted(unknown)}: allowed "
                               "are session_id, audio, events")
+            if not (request.headers.get("content-length") or "").isdigit():
+                # An upload says its size, so one over the limit is refused before a byte of
+                # it is read (a streamed upload of unknown length would have to be read up to
+                # the limit first, at the cost of every live session).
+                raise _Reject(411, "length_required", "send the audio file with a Content-Length "
+                              "header (upload the file itself, not a stream of unknown length)")
             body = await self._body(request)
             if not body:
                 raise _Reject(400, "bad_audio", "the body is empty: send an audio file (WAV, FLAC, "

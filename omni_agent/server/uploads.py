@@ -4,9 +4,9 @@ Decoding an upload is the one heavy thing a client can ask the agent server to d
 single small request: a compressed file may legitimately hold 40 minutes of audio (and a
 hostile one claims more: it is stopped at the cap while it decodes). Done on the server's
 own threads it takes CPU from every live session and leaves its memory to the allocator
-of the server process. So uploads are decoded in two worker processes of their own, at a
-lower CPU priority (``nice`` +10): the live sessions keep their share of the cores, the
-decode's memory comes and goes with the worker, and a flood of uploads waits its turn.
+of the server process. So uploads are decoded in two worker processes of their own, at the
+lowest CPU priority (Linux ``SCHED_IDLE``, else ``nice`` 19): the live sessions keep the
+cores, the decode's memory comes and goes with the worker, and a flood of uploads waits.
 
 The workers start on the first upload (or at ``warm()``), stop with the server
 (``shutdown()``) or as soon as their parent process is gone, and hand back 16-bit PCM
@@ -30,10 +30,15 @@ _lock = threading.Lock()
 
 
 def _init_worker(parent: int) -> None:
+    # Background work: on Linux SCHED_IDLE (it runs only on CPU time nobody else wants),
+    # elsewhere the lowest nice level.
     try:
-        os.nice(10)
-    except OSError:  # not allowed here: run at the normal priority
-        pass
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:  # not allowed here: run at the normal priority
+            pass
 
     def watch() -> None:
         # A worker outlives a server that was killed: it leaves as soon as its parent does.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tracemalloc
 from time import monotonic
@@ -57,7 +58,7 @@ async def test_a_flac_bomb_is_refused_while_it_decodes_without_holding_its_audio
 
 async def test_an_upload_refused_mid_stream_gets_its_413_not_a_broken_connection():
     srv = AgentServer(Agent(thinker=ScriptedThinker("x", accepts=["text"]), ears=Ears()),
-                      ServerConfig(max_request_bytes=1 << 20, shutdown_grace=0.2), vad=EnergyVAD())
+                      ServerConfig(max_json_bytes=1 << 20, shutdown_grace=0.2), vad=EnergyVAD())
 
     async def chunks():
         block = bytes(1 << 20)
@@ -66,9 +67,26 @@ async def test_an_upload_refused_mid_stream_gets_its_413_not_a_broken_connection
 
     async with srv.running() as url, httpx.AsyncClient(base_url=url, timeout=30) as h:
         for _ in range(3):  # and again on the same kept-alive connection
-            r = await h.post("/v1/voice", content=chunks())
+            # A text turn of unknown length (uploads must say theirs: see below).
+            r = await h.post("/v1/turn", content=chunks(), headers={"content-type": "application/json"})
             assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
         assert (await h.get("/health")).status_code == 200
+
+
+async def test_an_upload_of_unknown_length_is_refused_before_it_is_read():
+    srv = AgentServer(Agent(thinker=ScriptedThinker("x", accepts=["text"]), ears=Ears()),
+                      ServerConfig(shutdown_grace=0.2), vad=EnergyVAD())
+    async with srv.running() as url:
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # The head and a first chunk of a stream that would go on for ever: the answer comes
+        # now, without the server waiting for (or keeping) the rest.
+        writer.write(b"POST /v1/voice HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/flac\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n10000\r\n" + bytes(0x10000) + b"\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+    assert b" 411 " in status
 
 
 async def test_a_text_turn_body_is_capped_far_below_an_upload():
