@@ -187,7 +187,7 @@ class _Conn:
     """One live WebSocket connection."""
 
     __slots__ = ("ws", "live", "client", "binary_audio", "errors", "closing", "seq", "close_reason",
-                 "sending")
+                 "sending", "scope")
 
     def __init__(self, ws: WebSocket, live: LiveSession, client: str, binary_audio: bool):
         self.ws = ws
@@ -195,6 +195,8 @@ class _Conn:
         self.close_reason: tuple[int, str] | None = None
         #: When the send under way started (monotonic seconds); 0.0 when none is.
         self.sending = 0.0
+        #: The connection's cancel scope (the send watchdog ends a stalled connection with it).
+        self.scope: Any = None
         self.live = live
         self.client = client
         self.binary_audio = binary_audio
@@ -360,7 +362,13 @@ class AgentServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> Any:
-        yield
+        # The server's own task: one watchdog over every live connection's sends.
+        async with task_group() as tg:
+            tg.start_soon(self._watch_sends)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
         await self.drain()
         from .uploads import shutdown
 
@@ -717,8 +725,8 @@ class AgentServer:
             # receiver (this task). Whichever of sender and receiver ends first ends the
             # connection; the block then cancels and awaits everything else.
             async with conn.live, task_group() as tg:
+                conn.scope = tg.cancel_scope
                 tg.start_soon(self._send_loop, conn, tg.cancel_scope)
-                tg.start_soon(self._watchdog, conn, tg.cancel_scope)
                 await self._receive_loop(conn)
                 tg.cancel_scope.cancel()
         except WebSocketDisconnect:
@@ -751,20 +759,23 @@ class AgentServer:
                 self.metrics.errors.labels("sender").inc()
         scope.cancel()
 
-    async def _watchdog(self, conn: _Conn, scope: anyio.CancelScope) -> None:
-        """Ends the connection when one send has been stuck for ``send_timeout`` seconds: a
-        client that stopped reading must not hold its slot, its turn or its memory. (One
-        cheap timer per connection instead of a deadline around every send.)"""
+    async def _watch_sends(self) -> None:
+        """Ends a connection when one send to it has been stuck for ``send_timeout`` seconds: a
+        client that stopped reading must not hold its slot, its turn or its memory. One timer
+        for the whole server (started by its lifespan) instead of a deadline around every
+        send or a task per connection."""
         limit = self.config.send_timeout
         while True:
             await anyio.sleep(limit / 4)
-            since = conn.sending
-            if since and monotonic() - since > limit:
-                conn.close_reason = (WS_POLICY, "client too slow: it did not read the server's "
-                                     f"messages for {limit:g} s")
-                self.metrics.rejected.labels("slow_client").inc()
-                scope.cancel()
-                return
+            now = monotonic()
+            for conn in list(self._conns):
+                since = conn.sending
+                if since and now - since > limit and conn.scope is not None:
+                    conn.close_reason = (WS_POLICY, "client too slow: it did not read the "
+                                         f"server's messages for {limit:g} s")
+                    self.metrics.rejected.labels("slow_client").inc()
+                    conn.scope.cancel()
+                    conn.scope = None
 
     async def _receive_loop(self, conn: _Conn) -> None:
         try:
