@@ -547,7 +547,8 @@ class ToolCalling(Middleware):
             async with anyio.create_task_group() as local:
                 for c, (fn, args) in zip(calls, jobs):
                     local.start_soon(self._call_into, fn, args, c, ctx, rnd, done.append, None)
-            for res in sorted(done, key=lambda r: [c.id for c in calls].index(r.call_id)):
+            order = {c.id: i for i, c in enumerate(calls)}
+            for res in sorted(done, key=lambda r: order[r.call_id]):
                 results[res.call_id] = res
                 yield res
             return

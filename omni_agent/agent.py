@@ -382,8 +382,8 @@ class Session:
         ctx.interrupt_reason = reason
         ctx.trace.mark("interrupted")
         scope.cancel()
-        # Output queued but not yet read is moot now (it will not be played); the user's
-        # own turn stays, so the consumer still learns what it was answering.
+        # Output queued but not yet read is moot now (it will not be played); the rest (the
+        # user's turn, errors, the turn's end) stays, so the reader still learns all of it.
         kept = []
         while not out.empty():
             ev = out.get_nowait()
@@ -395,14 +395,11 @@ class Session:
 
     # ------------------------------------------------------------------ one turn
 
-    def run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
+    async def run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
         """Run one turn, yielding every event as it happens; ends with TurnEnd.
 
         The short form of :meth:`turn`. Use it with ``contextlib.aclosing`` if you may stop
         reading before the end, so the turn is cancelled in your task at once."""
-        return self._run(turn)
-
-    async def _run(self, turn: str | UserTurn) -> AsyncIterator[Event]:
         async with self.turn(turn) as events:
             async for ev in events:
                 yield ev
@@ -591,9 +588,13 @@ class Session:
             ctx.trace.segments.append(seg)
             await out.put(utt)
             if talker is not None:
-                async for chunk in talker.speak(utt):
-                    chunk.session_id, chunk.turn_id = self.id, self.turn_id
-                    await out.put(chunk)
+                chunks = talker.speak(utt)
+                try:
+                    async for chunk in chunks:
+                        chunk.session_id, chunk.turn_id = self.id, self.turn_id
+                        await out.put(chunk)
+                finally:
+                    await _close(chunks)  # an interruption mid-line reaches the Talker now
                 seg.delivered = True
         return line
 

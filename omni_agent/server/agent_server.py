@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import secrets
+import collections
 import struct
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -224,10 +225,9 @@ class AgentServer:
         self.config = (config or ServerConfig()).check()
         self._vad = vad
         self._conns: set[_Conn] = set()
-        self._per_client: dict[str, int] = {}
+        self._per_client: collections.Counter[str] = collections.Counter()  # live sessions per client address
         self._in_use: set[str] = set()  # session ids with a turn running or a live socket
-        self._http_turns = 0
-        self._http_per_client: dict[str, int] = {}
+        self._http_per_client: collections.Counter[str] = collections.Counter()  # HTTP turns running per client address
         self._http_idle = asyncio.Event()
         self._http_idle.set()
         self._http_sessions: dict[str, Any] = {}  # session id -> Session with an HTTP turn running
@@ -255,6 +255,11 @@ class AgentServer:
             ],
             lifespan=self._lifespan,
         )
+
+    @property
+    def _http_turns(self) -> int:
+        """HTTP turns running now."""
+        return sum(self._http_per_client.values())
 
     # ------------------------------------------------------------------ running
 
@@ -562,13 +567,12 @@ class AgentServer:
         if self._http_turns >= self.config.max_http_turns:
             raise _Reject(503, "server_busy", f"the server is running {self._http_turns} HTTP turns: "
                           "try again shortly")
-        if self._http_per_client.get(client, 0) >= self.config.max_http_turns_per_client:
+        if self._http_per_client[client] >= self.config.max_http_turns_per_client:
             raise _Reject(429, "too_many_turns", f"this client already has "
                           f"{self.config.max_http_turns_per_client} turns running: wait for one "
                           "to finish")
         sid = self._claim(session_id)
-        self._http_turns += 1
-        self._http_per_client[client] = self._http_per_client.get(client, 0) + 1
+        self._http_per_client[client] += 1
         self._http_idle.clear()
         t0 = monotonic()
         first_audio: float | None = None
@@ -603,12 +607,7 @@ class AgentServer:
             self.metrics.errors.labels("agent").inc()
             return self._error(400, "agent_error", str(e))
         finally:
-            self._http_turns -= 1
-            n = self._http_per_client.get(client, 1) - 1
-            if n > 0:
-                self._http_per_client[client] = n
-            else:
-                self._http_per_client.pop(client, None)
+            _release(self._http_per_client, client)
             if not self._http_turns:
                 self._http_idle.set()
             self._in_use.discard(sid)
@@ -679,7 +678,7 @@ class AgentServer:
         if self.draining:
             await self._refuse_ws(ws, WS_TRY_LATER, "shutting_down", "the server is shutting down")
             return
-        if self._per_client.get(client, 0) >= self.config.max_sessions_per_client:
+        if self._per_client[client] >= self.config.max_sessions_per_client:
             await self._refuse_ws(ws, WS_POLICY, "too_many_sessions",
                                   f"this client already has {self.config.max_sessions_per_client} live "
                                   "sessions open: close one first")
@@ -703,7 +702,7 @@ class AgentServer:
                 return
         sid = secrets.token_hex(8)
         self._in_use.add(sid)
-        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._per_client[client] += 1
         session = self.agent.session(sid)
         conn = _Conn(ws, LiveSession(session, vad=self._vad, config=live_cfg), client, binary)
         self._conns.add(conn)
@@ -735,11 +734,7 @@ class AgentServer:
             # The client went away or we are closing: its turn is stopped, free what it owned.
             self._conns.discard(conn)
             self._in_use.discard(sid)
-            n = self._per_client.get(client, 1) - 1
-            if n > 0:
-                self._per_client[client] = n
-            else:
-                self._per_client.pop(client, None)
+            _release(self._per_client, client)
             self.agent.close_session(sid, forget=self.config.forget_on_close)
             if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
                 code, reason = conn.close_reason or (1000, "")
@@ -958,6 +953,13 @@ class AgentServer:
             conn.sending = monotonic()
             await ws.send_text(_dumps(d))
             conn.sending = 0.0
+
+
+def _release(counts: collections.Counter[str], key: str) -> None:
+    """One fewer for ``key``; a key at zero is dropped (the counter holds active ones only)."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 def _dumps(obj: Any) -> str:
