@@ -32,7 +32,6 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Mapping
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -42,7 +41,7 @@ from ..audio import wav_stream_header
 from ..events import AudioChunk, Utterance
 from ..talker import Talker
 from .security import InvalidJSON, WebSecurity, parse_json, security_middleware
-from .wire import WireModel, explain
+from .wire import WireModel, explain, route_errors
 
 __all__ = ["create_talker_app", "MAX_INPUT_CHARS", "SpeechLimits", "SpeechRequest", "speech_pieces"]
 
@@ -319,27 +318,13 @@ def create_talker_app(talker: Talker | Mapping[str, Talker], *,
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "talkers": sorted(talkers)})
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        if status == 404:
-            message = (f"no route {request.method} {request.url.path}: this server serves POST "
-                       "/v1/audio/speech, GET /v1/models and GET /health")
-        elif status == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(getattr(exc, "detail", "")) or "the request failed"
-        return _error(status, message, headers=getattr(exc, "headers", None))
-
-    async def crash(_request: Request, exc: Exception) -> Response:
-        return _error(500, f"the server failed: {type(exc).__name__}", "server_error")
-
     return Starlette(
         routes=[
             Route("/v1/audio/speech", speech, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error, Exception: crash},
+        exception_handlers=route_errors(_error, "POST /v1/audio/speech, GET /v1/models and GET /health"),
         middleware=security_middleware(security, default_max_body_bytes=limits.max_body_bytes),
     )
 

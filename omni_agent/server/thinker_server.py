@@ -31,7 +31,6 @@ from typing import Any, AsyncIterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -41,7 +40,7 @@ from ..events import AudioPart, Event, ImagePart, ReasoningDelta, TextDelta, Tex
 from ..thinker import GenerationSettings, Message, ThinkerRequest
 from ..thinkers.openai import parse_data_url
 from .security import InvalidJSON, WebSecurity, parse_json, security_middleware
-from .wire import WireModel, explain, fail
+from .wire import WireModel, explain, fail, route_errors
 
 __all__ = ["create_app", "parse_chat_request", "BadRequest", "ChatCompletionRequest",
            "ThinkerServerLimits"]
@@ -503,22 +502,4 @@ def create_app(thinker: Any, *, model_name: str | None = None,
     return app
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """Unknown routes and methods, in OpenAI's error shape (clients parse nothing else)."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    if status == 404:
-        message = (f"no route {request.method} {request.url.path}: this server serves POST "
-                   "/v1/chat/completions, GET /v1/models and GET /health")
-    elif status == 405:
-        message = (f"{request.method} is not allowed on {request.url.path}: "
-                   f"use {(exc.headers or {}).get('Allow', 'another method')}")
-    else:
-        message = str(getattr(exc, "detail", "")) or "the request failed"
-    return _error(status, message, headers=getattr(exc, "headers", None))
-
-
-async def _crash(request: Request, exc: Exception) -> Response:
-    return _error(500, f"the server failed: {type(exc).__name__}", kind="server_error")
-
-
-_HANDLERS = {HTTPException: _http_error, Exception: _crash}
+_HANDLERS = route_errors(_error, "POST /v1/chat/completions, GET /v1/models and GET /health")

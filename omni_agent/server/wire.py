@@ -12,12 +12,15 @@ client reads — the field's name, then what it must be::
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 
-__all__ = ["WireModel", "fail", "explain", "param_of"]
+__all__ = ["WireModel", "fail", "explain", "param_of", "route_errors"]
 
 
 class WireModel(BaseModel):
@@ -83,3 +86,28 @@ def explain(err: Mapping[str, Any], *, whole_field: Mapping[str, str] | None = N
     else:
         text = f"is not valid: {err['msg']}"
     return (f"{param} {text}" if param else text), (param or None)
+
+
+def route_errors(error: Callable[..., Response], serves: str,
+                 ) -> dict[Any, Callable[[Request, Exception], Awaitable[Response]]]:
+    """Starlette exception handlers for an OpenAI-compatible server: unknown routes (404),
+    wrong methods (405) and crashes (500) answered in OpenAI's error shape (clients parse
+    nothing else), through the server's own ``error(status, message, kind=, headers=)``.
+    ``serves`` names what it does serve, for the 404: "POST /v1/audio/speech, GET /health"."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        headers = getattr(exc, "headers", None)
+        if status == 404:
+            message = f"no route {request.method} {request.url.path}: this server serves {serves}"
+        elif status == 405:
+            message = (f"{request.method} is not allowed on {request.url.path}: "
+                       f"use {(headers or {}).get('Allow', 'another method')}")
+        else:
+            message = str(getattr(exc, "detail", "")) or "the request failed"
+        return error(status, message, headers=headers)
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        return error(500, f"the server failed: {type(exc).__name__}", kind="server_error")
+
+    return {HTTPException: http_error, Exception: crash}
