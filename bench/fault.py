@@ -58,7 +58,7 @@ ATTACK_TIMEOUT = 20.0  # one hostile attempt gives up after this long
 SLOWLORIS_SOCKETS = 50
 # '{"type":"text","text":"hi \ud800"}' as a client writes it: the JSON escape of a lone surrogate.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import FastTalker  # noqa: E402 - the same cheap Talker as the load benchmark
+from load import FastTalker, serve_until_stopped  # noqa: E402 - as the load benchmark does
 
 LONE_SURROGATE = '{"type":"text","text":"hi \\ud800"}'
 DEEP_JSON = "[" * 100_000
@@ -111,17 +111,7 @@ def serve(port_file: str) -> None:
                   tools=[calculator], middleware=[HangingFilter()])
     server = AgentServer(agent, ServerConfig(max_sessions_per_client=10_000), vad=EnergyVAD())
 
-    async def main() -> None:
-        await server.warm_up()
-        uv = server.make_uvicorn(HOST, 0, log_level="error")
-        task = asyncio.ensure_future(uv.serve())
-        while not uv.started:
-            await asyncio.sleep(0.01)
-        with open(port_file, "w") as f:
-            f.write(str(uv.servers[0].sockets[0].getsockname()[1]))
-        await task
-
-    asyncio.run(main())
+    asyncio.run(serve_until_stopped(server, port_file, HOST))
 
 
 def rss_bytes(pid: int, key: str = "VmRSS") -> int:

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 from time import perf_counter
+from typing import Any
 
 REPLY = "Hello there. How can I help you today?"
 
@@ -67,17 +68,23 @@ def serve(port_file: str) -> None:
     agent = Agent(thinker=ScriptedThinker(REPLY, accepts=["text"]), talker=FastTalker())
     server = AgentServer(agent, ServerConfig(max_sessions_per_client=10_000))
 
-    async def main() -> None:
-        await server.warm_up()
-        uv = server.make_uvicorn("127.0.0.1", 0, log_level="error")
-        task = asyncio.ensure_future(uv.serve())
-        while not uv.started:
-            await asyncio.sleep(0.01)
+    asyncio.run(serve_until_stopped(server, port_file))
+
+
+async def serve_until_stopped(server: Any, port_file: str, host: str = "127.0.0.1") -> None:
+    """Serve ``server`` (an AgentServer) on a free port until the process is told to stop;
+    the port goes to ``port_file`` once it listens (the benchmark waits for that file)."""
+    import anyio
+
+    await server.warm_up()
+    uv = server.make_uvicorn(host, 0, log_level="error")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(uv.serve)
+        await uv.ready.wait()  # set once listening, or once it failed to
+        if not uv.started:
+            raise SystemExit(f"the benchmark server could not listen on {host}")
         with open(port_file, "w") as f:
             f.write(str(uv.servers[0].sockets[0].getsockname()[1]))
-        await task
-
-    asyncio.run(main())
 
 
 def rss_bytes(pid: int) -> int:
