@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import click
 
-__all__ = ["serve", "register", "web_options", "WebOptions", "checked"]
+__all__ = ["serve", "register", "web_options", "WebOptions", "checked", "warn_if_exposed",
+           "allow_host_option", "allow_origin_option", "header_timeout_option"]
 
 
 @click.group()
@@ -57,10 +58,30 @@ class WebOptions:
 
     def warn_if_exposed(self, host: str) -> None:
         """Say so on stderr when the server listens beyond loopback without a token."""
-        if host not in _LOOPBACK and not self.token:
-            click.echo(f"warning: listening on {host} without --token: anyone who can reach "
-                       "this port can use the server (give --token, or listen on 127.0.0.1)",
-                       err=True)
+        warn_if_exposed(host, self.token)
+
+
+def warn_if_exposed(host: str, token: str | None) -> None:
+    """Say so on stderr when a server listens beyond loopback without a token."""
+    if host not in _LOOPBACK and not token:
+        click.echo(f"warning: listening on {host} without --token: anyone who can reach "
+                   "this port can use the server (give --token, or listen on 127.0.0.1)",
+                   err=True)
+
+
+# The Host/Origin/slow-header flags, shared by every serve command (the agent server takes
+# them without the rest of web_options: it sizes uvicorn's limits from its own sessions).
+allow_host_option = click.option(
+    "--allow-host", multiple=True, metavar="NAME",
+    help="Accept this Host name besides 127.0.0.1/localhost/[::1] and --host (repeatable; "
+         "'*.example.com' for subdomains). Guards against DNS rebinding.")
+allow_origin_option = click.option(
+    "--allow-origin", multiple=True, metavar="ORIGIN",
+    help="Let web pages from this origin (e.g. https://app.example.com) call the server "
+         "(repeatable). Loopback pages and clients without Origin always may.")
+header_timeout_option = click.option(
+    "--header-timeout", default=10.0, show_default=True, type=float,
+    help="Seconds a client has to send its request headers (against slowloris).")
 
 
 def checked(model: Any, **fields: Any) -> Any:
@@ -90,18 +111,13 @@ def web_options(token_envvar: str) -> Callable[[Callable[..., Any]], Callable[..
         click.option("--token", default=None, envvar=[token_envvar, "OMNI_AGENT_TOKEN"],
                      help=f"Require 'Authorization: Bearer TOKEN'. Also read from ${token_envvar} "
                           "or $OMNI_AGENT_TOKEN."),
-        click.option("--allow-host", multiple=True, metavar="NAME",
-                     help="Accept this Host name besides 127.0.0.1/localhost/[::1] and --host "
-                          "(repeatable; '*.example.com' for subdomains). Guards against DNS rebinding."),
-        click.option("--allow-origin", multiple=True, metavar="ORIGIN",
-                     help="Let web pages from this origin (e.g. https://app.example.com) call the "
-                          "server (repeatable). Loopback pages and clients without Origin always may."),
+        allow_host_option,
+        allow_origin_option,
         click.option("--limit-concurrency", default=256, show_default=True, type=int,
                      help="Connections plus running requests before new requests get 503."),
         click.option("--timeout-keep-alive", default=5, show_default=True, type=int,
                      help="Seconds an idle kept-alive connection stays open."),
-        click.option("--header-timeout", default=10.0, show_default=True, type=float,
-                     help="Seconds a client has to send its request headers (against slowloris)."),
+        header_timeout_option,
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from .common import default_config, friendly_errors
+from .serve import allow_host_option, allow_origin_option, header_timeout_option, warn_if_exposed
 
 
 def server_default_config() -> dict[str, Any]:
@@ -39,16 +40,9 @@ def page_url(host: str, port: int, token: str | None = None, tls: bool = False) 
 @click.option("--token", default=None, envvar="OMNI_AGENT_TOKEN",
               help="Require 'Authorization: Bearer TOKEN' (or ?token= on the WebSocket). "
                    "Also read from $OMNI_AGENT_TOKEN.")
-@click.option("--allow-host", multiple=True, metavar="NAME",
-              help="Accept this Host name besides 127.0.0.1/localhost/[::1] and the address "
-                   "clients connect to (repeatable; '*.example.com' for subdomains). Guards "
-                   "against DNS rebinding.")
-@click.option("--allow-origin", multiple=True, metavar="ORIGIN",
-              help="Let web pages from this origin (e.g. https://app.example.com) open live "
-                   "sessions and post turns (repeatable). Loopback pages, the server's own page "
-                   "and clients without an Origin always may.")
-@click.option("--header-timeout", default=10.0, show_default=True, type=float,
-              help="Seconds a client has to send its request headers (against slowloris).")
+@allow_host_option
+@allow_origin_option
+@header_timeout_option
 @click.option("--barge-in/--no-barge-in", default=True, show_default=True,
               help="Let the user interrupt the agent by speaking.")
 @click.option("--min-interrupt-ms", default=200, show_default=True, type=int,
@@ -68,8 +62,8 @@ def page_url(host: str, port: int, token: str | None = None, tls: bool = False) 
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @friendly_errors
-def serve_agent(config_path, host, port, token, allow_host, allow_origin, header_timeout, barge_in, min_interrupt_ms, end_silence_ms,
-                max_sessions_per_client, max_audio_seconds, shutdown_grace, ssl_certfile,
+def serve_agent(config_path, host, port, token, allow_host, allow_origin, header_timeout, barge_in,
+                min_interrupt_ms, end_silence_ms, max_sessions_per_client, max_audio_seconds, shutdown_grace, ssl_certfile,
                 ssl_keyfile, log_level):
     """Serve the agent: live voice sessions (WS /v1/live), one-shot turns (POST /v1/turn,
     /v1/voice), /metrics, /health, and the voice page at /."""
@@ -96,9 +90,7 @@ def serve_agent(config_path, host, port, token, allow_host, allow_origin, header
                "(WS /v1/live, POST /v1/turn, POST /v1/voice, GET /metrics, GET /health)", err=True)
     click.echo(f"open {page_url(host, port, token, tls)} in a browser to talk to the agent "
                "(Ctrl+C stops the server)", err=True)
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
-        click.echo("warning: listening beyond loopback without --token: anyone who can reach "
-                   f"{host}:{port} can talk to this agent and trigger its tools", err=True)
+    warn_if_exposed(host, token)
     if host not in ("127.0.0.1", "localhost", "::1") and not tls:
         click.echo("note: browsers allow the microphone only on https or localhost: use "
                    "--ssl-certfile/--ssl-keyfile for other machines", err=True)
