@@ -50,6 +50,8 @@ async def from_thread(work: Callable[[Callable[[T], bool]], Any], *,
     (for work that holds a lock the next call needs and stops within milliseconds).
     """
     loop = asyncio.get_running_loop()
+    # No maxsize: the semaphore bounds it (at most max_ahead items, plus the end marker);
+    # with max_ahead=None the caller's work is bounded itself (one clause's audio).
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     slots = threading.Semaphore(max_ahead) if max_ahead else None
     stop = threading.Event()
