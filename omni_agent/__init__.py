@@ -29,6 +29,7 @@ from .events import (
     Context,
     ErrorEvent,
     Event,
+    Finish,
     ImagePart,
     Interruption,
     ReasoningDelta,
@@ -54,7 +55,7 @@ __all__ = [
     "UnsupportedInputError", "AudioInputError", "ToolError", "Blocked",
     "Event", "UserTurn", "TextPart", "AudioPart", "ImagePart", "VideoPart", "TextDelta",
     "ReasoningDelta", "ToolCall", "ToolResult", "Context", "Utterance", "AudioChunk",
-    "TurnEnd", "Interruption", "ErrorEvent",
+    "Finish", "TurnEnd", "Interruption", "ErrorEvent",
     "Thinker", "Talker", "Message", "ThinkerRequest", "GenerationSettings",
     "Trace", "Intervention", "Segment",
 ]

@@ -35,6 +35,7 @@ from .events import (
     AudioPart,
     ErrorEvent,
     Event,
+    Finish,
     Interruption,
     ReasoningDelta,
     TextDelta,
@@ -504,6 +505,8 @@ class Session:
         said = (" " if clause_mode else "").join(display).strip()
         text = " ".join([said, *notes]).strip()
         reason = "interrupted" if interrupted else ("error" if trace.errors and not text else "completed")
+        if reason == "completed" and ctx.finish_reason == "length":
+            reason = "max_tokens"  # the answer was cut by the token limit: say so
         self._finish_segments(trace, interrupted, talker is not None)
         spoken = trace.spoken_text if talker is not None else ""
         remembered = said  # display-only notes (sources) are not part of the conversation
@@ -610,9 +613,15 @@ class Session:
             if rnd == 0:
                 trace.mark("thinker_start")
             first = True
+            ctx.finish_reason = None
+            usage: Finish | None = None
             stream = agent.thinker.stream(request)
             try:
                 async for ev in stream:
+                    if type(ev) is Finish:
+                        # Kept on the round's end, not passed to the middleware.
+                        ctx.finish_reason, usage = ev.reason, ev
+                        continue
                     if first:
                         first = False
                         if rnd == 0:
@@ -622,7 +631,10 @@ class Session:
                     yield ev
             finally:
                 await _close(stream)  # barge-in reaches the backend now, not at GC
-            yield RoundEnd(round=rnd, session_id=sid, turn_id=tid)
+            trace.rounds.append({"round": rnd, "finish_reason": ctx.finish_reason,
+                                 "prompt_tokens": usage.prompt_tokens if usage else None,
+                                 "completion_tokens": usage.completion_tokens if usage else None})
+            yield RoundEnd(round=rnd, session_id=sid, turn_id=tid, finish_reason=ctx.finish_reason)
             follow = ctx.take_followup()
             if not follow:
                 return

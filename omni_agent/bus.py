@@ -88,6 +88,9 @@ class RoundEnd(Event):
     """
 
     round: int = 0
+    #: Why the Thinker stopped this round ("stop", "length", "tool_calls"; None when the
+    #: backend did not say), from its :class:`~omni_agent.events.Finish` event.
+    finish_reason: str | None = None
 
 
 class TurnContext:
@@ -112,6 +115,7 @@ class TurnContext:
         "interrupt_reason",
         "block_fallback",
         "task_group",
+        "finish_reason",
     )
 
     def __init__(
@@ -147,6 +151,9 @@ class TurnContext:
         #: turn (tool calls) start it here, so the turn owns, cancels and awaits it.
         #: None outside an agent turn (a bare Bus).
         self.task_group: Any = None
+        #: Why the Thinker stopped its latest round ("stop", "length", "tool_calls"), or
+        #: None when the backend did not say.
+        self.finish_reason: str | None = None
 
     def note(self, reason: str) -> None:
         """Say why the current hook changed its item; the trace records it with the change.

@@ -32,6 +32,7 @@ __all__ = [
     "Context",
     "Utterance",
     "AudioChunk",
+    "Finish",
     "TurnEnd",
     "Interruption",
     "ErrorEvent",
@@ -151,9 +152,14 @@ class UserTurn(Event):
 
 @dataclass(slots=True)
 class TextDelta(Event):
-    """A piece of the Thinker's answer text as it streams (the display channel)."""
+    """A piece of the Thinker's answer text as it streams (the display channel).
+
+    ``logprobs``: when the request asked for them (``ThinkerRequest.logprobs``), one entry
+    per token of this piece, OpenAI-shaped: ``{"token", "logprob", "bytes",
+    "top_logprobs": [{"token", "logprob", "bytes"}, ...]}``; else None."""
 
     text: str = ""
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -226,8 +232,25 @@ class AudioChunk(Event):
 
 
 @dataclass(slots=True)
+class Finish(Event):
+    """The last event of one Thinker generation: why it stopped, and the token counts.
+
+    ``reason`` as OpenAI names it: "stop" (the model ended, or a stop string), "length"
+    (cut by ``max_tokens`` or the context), "tool_calls". Backends that know nothing of it
+    may leave it out. The agent takes it off the stream (middleware never see it) and
+    keeps it on the round's :class:`~omni_agent.bus.RoundEnd`; a turn whose answer was cut
+    by ``max_tokens`` ends with ``TurnEnd.reason == "max_tokens"``.
+    """
+
+    reason: str = "stop"
+    prompt_tokens: int | None = None  # of the templated prompt
+    completion_tokens: int | None = None
+
+
+@dataclass(slots=True)
 class TurnEnd(Event):
-    """The turn is over. ``reason``: completed, interrupted, error, blocked, max_rounds."""
+    """The turn is over. ``reason``: completed, interrupted, error, blocked, max_rounds,
+    max_tokens (the answer was cut by the token limit)."""
 
     reason: str = "completed"
     text: str = ""  # full display text
@@ -262,6 +285,7 @@ _TYPE_NAMES: dict[type, str] = {
     Context: "context",
     Utterance: "utterance",
     AudioChunk: "audio_chunk",
+    Finish: "finish",
     TurnEnd: "turn_end",
     Interruption: "interruption",
     ErrorEvent: "error",

@@ -64,6 +64,11 @@ class ThinkerRequest:
     logits processor factory, used for schema-constrained tool calls).
     ``extra`` carries backend-specific options (e.g. ``modalities`` and ``speaker`` for
     vLLM-Omni).
+    ``response_format`` is OpenAI's: ``{"type": "text" | "json_object"}`` or ``{"type":
+    "json_schema", "json_schema": {"name", "schema", "strict"}}``; local backends enforce
+    it with constrained decoding, HTTP backends pass it on. ``logprobs``: None for none,
+    else how many alternatives per token to report (0: only the chosen token's); they
+    arrive on :attr:`TextDelta.logprobs`.
     """
 
     messages: list[Message]
@@ -74,6 +79,8 @@ class ThinkerRequest:
     turn_id: int = 0
     constraint: Callable[..., Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    response_format: dict[str, Any] | None = None
+    logprobs: int | None = None
 
 
 @runtime_checkable

@@ -60,6 +60,9 @@ class Trace:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     citations: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
+    #: One entry per Thinker round: ``{"round", "finish_reason", "prompt_tokens",
+    #: "completion_tokens"}`` (counts None when the backend did not report them).
+    rounds: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ recording
 
@@ -126,6 +129,9 @@ class Trace:
                 change = f" {iv.before!r} -> {iv.after!r}"
             why = f" ({iv.reason})" if iv.reason else ""
             lines.append(f"{iv.middleware} {iv.action} at {iv.point}{change}{why}")
+        if self.rounds:
+            lines.append("thinker rounds: " + ", ".join(
+                f"{r['round']}:{r.get('finish_reason') or '?'}" for r in self.rounds))
         for tc in self.tool_calls:
             lines.append(f"tool {tc.get('name')}({tc.get('arguments')}) -> {tc.get('result')!r}")
         for c in self.citations:

@@ -61,7 +61,10 @@ class Tool:
     default for this tool; ``confirm=True`` makes the middleware ask its confirmation
     policy before every call; ``examples`` are sample user requests with the arguments
     they should produce (``[("What time is it in Paris?", {"timezone": "Paris"})]``) —
-    the router and small-model prompting use them. Sync functions run in a worker thread
+    the router and small-model prompting use them. ``return_direct=True`` makes the tool's
+    result the answer: it is said as it is (through the utterance middleware like any clause)
+    with no second Thinker round; an error result still goes back to the Thinker (LangChain's
+    ``return_direct``, the OpenAI Agents SDK's ``stop_on_first_tool``). Sync functions run in a worker thread
     so a slow one never blocks the event loop. A Tool stays callable as the plain
     function (``weather(city="Oslo")``).
     """
@@ -70,6 +73,7 @@ class Tool:
                  description: str | None = None, timeout: float | None = None,
                  confirm: bool = False,
                  examples: Sequence[tuple[str, dict[str, Any]]] = (),
+                 return_direct: bool = False,
                  parameters: dict[str, Any] | None = None,
                  args_model: type[BaseModel] | None = None,
                  runner: Callable[[dict[str, Any]], Awaitable[Any]] | None = None):
@@ -83,6 +87,7 @@ class Tool:
         self.injected: dict[str, str] = fs.injected if fs else {}
         self.timeout = timeout
         self.confirm = confirm
+        self.return_direct = bool(return_direct)
         self.examples: list[tuple[str, dict[str, Any]]] = [(q, dict(a)) for q, a in examples]
         self._runner = runner
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -156,7 +161,7 @@ class Tool:
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
          description: str | None = None, timeout: float | None = None, confirm: bool = False,
-         examples: Sequence[tuple[str, dict[str, Any]]] = ()) -> Any:
+         examples: Sequence[tuple[str, dict[str, Any]]] = (), return_direct: bool = False) -> Any:
     """Make a typed function a :class:`Tool`: ``@tool`` or ``@tool(timeout=5, confirm=True)``.
 
     The schema comes from the type hints and the docstring (see
@@ -165,7 +170,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     """
     def wrap(f: Callable[..., Any]) -> Tool:
         return Tool(f, name=name, description=description, timeout=timeout, confirm=confirm,
-                    examples=examples)
+                    examples=examples, return_direct=return_direct)
 
     return wrap(fn) if fn is not None else wrap
 
