@@ -29,6 +29,14 @@ Ordering rules for a round that has both text and calls (each one is tested):
    repetition is dropped: text before a call is spoken once, never repeated.
 5. If the round's tools take longer than ``filler_after`` seconds and nothing was said
    before the calls, the ``filler`` line is spoken (at most once per turn).
+6. When every call of a round is to a tool whose result is the answer (``@tool(return_direct=
+   True)``, or named in ``return_direct``) and each succeeded, the results are the answer:
+   they are passed on as text — through the segmenter and the utterance middleware like any
+   clause — and no further Thinker round runs. An error result always goes back to the
+   Thinker instead.
+7. A tool's error text is never read out to the user: if the Thinker's next round starts by
+   repeating the error, that round's text is dropped (the trace keeps it) and the
+   ``error_apology`` line is said instead.
 
 Bounds: at most ``max_rounds`` tool rounds per turn (then the calls get an error result
 and the Thinker is asked to answer without tools); each call has a timeout (the tool's own
@@ -223,6 +231,58 @@ def _match_said(buf: str, said: str) -> int | None:
         j += 1
 
 
+class _ErrorEcho:
+    """Decides whether a Thinker round repeats a tool's error text (rule 7).
+
+    The round's first characters are held until they show an echo (they start with
+    "error", or share a run of ``window`` characters with an error message) or not
+    (``decide_at`` characters without one, or the round's end). Once an echo is seen the
+    rest of the round is swallowed.
+    """
+
+    window = 20
+    decide_at = 48
+
+    def __init__(self, errors: list[str]):
+        self.errors = [" ".join(e.lower().removeprefix("error:").split()) for e in errors]
+        self.held = ""
+        self.decided = False
+        self.echoed = False
+        self.apologised = False
+
+    def _is_echo(self, text: str) -> bool:
+        t = " ".join(text.lower().split())
+        if t.startswith("error") or t.startswith("sorry, error"):
+            return True
+        w = self.window
+        return any(e[i:i + w] in t for e in self.errors for i in range(0, max(1, len(e) - w + 1), 4)
+                   if len(e) >= w)
+
+    def feed(self, text: str) -> str:
+        """Take text of the round; returns what may pass on now."""
+        if self.decided:
+            if self.echoed:
+                self.held += text  # swallowed, kept for the trace
+                return ""
+            return text
+        self.held += text
+        if self._is_echo(self.held):
+            self.decided = self.echoed = True
+        elif len(self.held.strip()) >= self.decide_at:
+            self.decided = True
+        return ""
+
+    def finish(self) -> str:
+        """The round ended: decide with what there is; returns held text that may pass."""
+        if not self.decided:
+            self.decided = True
+            self.echoed = self._is_echo(self.held)
+        if self.echoed:
+            return ""
+        held, self.held = self.held, ""
+        return held
+
+
 def _how_to_call(error: str) -> str:
     return (f"{error}. Write calls as "
             f'{HERMES.open}{{"name": "<tool>", "arguments": {{...}}}}{HERMES.close}')
@@ -244,6 +304,10 @@ class ToolCalling(Middleware):
     * ``confirm`` — policy ``(call, tool, ctx) -> bool`` (sync or async) asked before each
       call of a tool made with ``confirm=True``; without a policy such tools are refused;
     * ``formats`` — text call formats to recognise (``[]`` for native calls only);
+    * ``return_direct`` — names of tools whose result is the answer (besides tools made
+      with ``return_direct=True``): no second Thinker round after them (rule 6);
+    * ``error_apology`` — what is said instead of a Thinker answer that repeats a tool's
+      error (rule 7);
     * ``router`` — a :class:`~omni_agent.tools.router.ToolRouter` that picks the tool for
       a turn from the user's words (for small models, see docs/tools.md); with it, the
       first round is constrained to a valid call of the picked tool and later rounds
@@ -261,6 +325,8 @@ class ToolCalling(Middleware):
                  confirm: ConfirmPolicy | None = None,
                  formats: Sequence[TagFormat] = (HERMES,),
                  router: Any = None, constrain: bool = True, few_shot: bool = True,
+                 return_direct: Iterable[str] = (),
+                 error_apology: str = "Sorry, I couldn't do that.",
                  name: str | None = None):
         super().__init__(name=name)
         if registry is not None and not isinstance(registry, ToolRegistry):
@@ -285,6 +351,8 @@ class ToolCalling(Middleware):
         self.router = router or None
         self.constrain = constrain
         self.few_shot = few_shot
+        self.return_direct = frozenset(return_direct)
+        self.error_apology = error_apology
         # The hot path checks one character: the first of every opening tag.
         self._open_chars = "".join(sorted({f.open[0] for f in self.formats}))
 
@@ -298,6 +366,10 @@ class ToolCalling(Middleware):
         if callable(warm):
             warm(registry)
         thinker = getattr(agent, "thinker", None)
+        warm_constraints = getattr(thinker, "warm_constraints", None)
+        if self.constrain and callable(warm_constraints):  # llama.cpp: its grammar tokenizer
+            warm_constraints()
+            return True
         tok = getattr(thinker, "tokenizer", None) or getattr(thinker, "_tokenizer", None)
         if self.constrain and tok is not None and len(registry):
             from omni_agent.tools.constrained import ToolCallConstraint
@@ -373,6 +445,7 @@ class ToolCalling(Middleware):
         dropped: list[str] = []       # text after a call, not passed on
         guard: str | None = None      # text said before the previous round's calls
         guard_buf = ""
+        echo: _ErrorEcho | None = None  # the previous round's tool errors, not to be read out
         plain = True                  # nothing held, no call yet, no guard: the fast path
 
         async for ev in events:
@@ -397,6 +470,16 @@ class ToolCalling(Middleware):
                         if calls:
                             dropped.append(p)
                             continue
+                        if echo is not None:
+                            p = echo.feed(p)
+                            if echo.decided:
+                                for out in self._after_echo(echo, ctx, ev):
+                                    said.append(out.text)
+                                    yield out
+                                if not echo.echoed:
+                                    echo = None
+                            if not p:
+                                continue
                         if guard is not None:
                             guard_buf += p
                             k = _match_said(guard_buf, guard)
@@ -424,7 +507,7 @@ class ToolCalling(Middleware):
                         calls.append(call)
                         yield call
                 plain = parser is None or parser.idle
-                plain = plain and not calls and guard is None
+                plain = plain and not calls and guard is None and echo is None
             elif t is ToolCall:
                 if parser is not None and not parser.idle and not calls:
                     for p in parser.flush():  # held text before a native call is text
@@ -459,6 +542,19 @@ class ToolCalling(Middleware):
                                 errors[call.id] = _how_to_call(p.error)
                             calls.append(call)
                             yield call
+                if echo is not None:
+                    rest = echo.finish()
+                    for out in self._after_echo(echo, ctx, ev):
+                        said.append(out.text)
+                        yield out
+                    if echo.echoed:
+                        ctx.trace.record(self.label, "stream", "replace", echo.held, self.error_apology,
+                                         "the Thinker repeated a tool's error; the user hears an "
+                                         "apology")
+                    if rest and not calls:
+                        said.append(rest)
+                        yield TextDelta(rest, session_id=ev.session_id, turn_id=ev.turn_id)
+                    echo = None
                 if guard_buf:
                     # The round ended while its text still matched part of what was said:
                     # a partial repetition is still the model's answer; let it through.
@@ -502,11 +598,25 @@ class ToolCalling(Middleware):
                 finally:
                     # Closing this stream (barge-in, consumer gone) must reach the tasks.
                     await running.aclose()
-                ctx.continue_with(
-                    [Message("assistant", text_before, tool_calls=[
-                        {"id": c.id, "name": c.name, "arguments": c.arguments} for c in round_calls])]
+                exchange = ([Message("assistant", text_before, tool_calls=[
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in round_calls])]
                     + [Message("tool", results[c.id].content, tool_call_id=c.id, name=c.name)
                        for c in round_calls])
+                if not over and self._direct(round_calls, results, registry):
+                    # Rule 6: the results are the answer; the turn ends with them.
+                    ctx.messages.extend(exchange)  # remembered with the turn, no new round
+                    answer = " ".join(results[c.id].content.strip() for c in round_calls)
+                    ctx.trace.record(self.label, "stream", "return_direct", None, answer,
+                                     "the result of " + ", ".join(c.name for c in round_calls)
+                                     + " is the answer: no second Thinker round")
+                    yield TextDelta(answer, session_id=ctx.session_id, turn_id=ctx.turn_id)
+                    yield RoundEnd(round=ev.round, session_id=ctx.session_id, turn_id=ctx.turn_id)
+                    plain = True
+                    continue
+                ctx.continue_with(exchange)
+                failed = [results[c.id].content for c in round_calls if results[c.id].is_error]
+                if failed and self.error_apology:
+                    echo = _ErrorEcho(failed)
                 if over or self.router is not None:
                     # After the limit, or when a router decided for a small model: answer now.
                     nxt = ctx.next_round()
@@ -517,9 +627,30 @@ class ToolCalling(Middleware):
                         nxt.prompt = with_calls_as_text
                 if text_before.strip():
                     guard = text_before
-                plain = guard is None and (parser is None or parser.idle)
+                plain = guard is None and echo is None and (parser is None or parser.idle)
             else:
                 yield ev
+
+    def _direct(self, calls: list[ToolCall], results: dict[str, ToolResult],
+                registry: ToolRegistry) -> bool:
+        """Rule 6: every call of the round is to a return-direct tool, and all succeeded."""
+        for c in calls:
+            t = registry.get(c.name)
+            if t is None or results[c.id].is_error:
+                return False
+            if not (t.return_direct or t.name in self.return_direct):
+                return False
+        return True
+
+    def _after_echo(self, echo: "_ErrorEcho", ctx: TurnContext, ev: Event) -> list[TextDelta]:
+        """What to pass on once ``echo`` is decided: the apology (once) or the held text."""
+        if echo.echoed:
+            if echo.apologised:
+                return []
+            echo.apologised = True
+            return [TextDelta(self.error_apology, session_id=ev.session_id, turn_id=ev.turn_id)]
+        held, echo.held = echo.held, ""
+        return [TextDelta(held, session_id=ev.session_id, turn_id=ev.turn_id)] if held else []
 
     # ------------------------------------------------------------------ running calls
 

@@ -44,6 +44,7 @@ __all__ = [
     "THINKERS", "TALKERS", "MIDDLEWARE", "TOOLS", "resolve",
     "Kind", "Table", "ImportPolicy", "AllowList", "ALLOW_IMPORTS_ENV",
     "import_policy", "current_import_policy", "parse_allow_list", "is_stdlib_module",
+    "check_command", "ALLOW_COMMANDS_ENV",
 ]
 
 ALLOW_IMPORTS_ENV = "OMNI_AGENT_ALLOW_IMPORTS"
@@ -69,12 +70,15 @@ class Kind:
 
 def _backend_class(*methods: str) -> Callable[[Any], bool]:
     """A class with these methods (and ``aclose``) that is not a Middleware (which has a
-    ``stream`` hook of its own)."""
+    ``stream`` hook of its own), or a class whose ``from_options`` builds one (a factory
+    such as the embedded Thinker, which picks its engine)."""
     def accepts(obj: Any) -> bool:
         from .bus import Middleware
 
-        return (inspect.isclass(obj) and not issubclass(obj, Middleware)
-                and all(callable(getattr(obj, m, None)) for m in (*methods, "aclose")))
+        if not inspect.isclass(obj) or issubclass(obj, Middleware):
+            return False
+        return (callable(getattr(obj, "from_options", None))
+                or all(callable(getattr(obj, m, None)) for m in (*methods, "aclose")))
 
     return accepts
 
@@ -121,6 +125,8 @@ class Table(dict[str, str]):
 
 
 THINKERS = Table("thinker backend", THINKER, {
+    "embedded": "omni_agent.thinkers.embedded:EmbeddedThinker",
+    "llama-cpp": "omni_agent.thinkers.llama_cpp:LlamaCppThinker",
     "transformers": "omni_agent.thinkers.transformers:TransformersThinker",
     "openai": "omni_agent.thinkers.openai:OpenAIThinker",
     "scripted": "omni_agent.testing:ScriptedThinker",
@@ -262,6 +268,41 @@ class ImportPolicy:
     def refusing(self, module: str) -> AllowList | None:
         """The first allow-list that does not admit ``module``, if any."""
         return next((a for a in self.allow_lists if not a.admits(module)), None)
+
+
+ALLOW_COMMANDS_ENV = "OMNI_AGENT_ALLOW_COMMANDS"
+
+
+def check_command(command: str, args: list[str], what: str, policy: ImportPolicy | None = None) -> None:
+    """Refuse a command a config would launch (an ``[[mcp]]`` stdio server) unless the rule
+    allows it. A command is code, like an import path:
+
+    * with no import allow-list in force, any command may run (as any package may be
+      imported: the config is trusted as code);
+    * with one, ``python -m module ...`` (the running interpreter, or ``python``/``python3``)
+      is checked as the module's import would be: never the standard library, and admitted
+      by every allow-list; any other command must be listed in ``$OMNI_AGENT_ALLOW_COMMANDS``
+      (executable names or absolute paths, commas or spaces) — a list only the person
+      running omni-agent can give, never the config.
+    """
+    policy = policy if policy is not None else current_import_policy()
+    if not policy.allow_lists:
+        return
+    exe = os.path.basename(command)
+    pythons = {os.path.basename(sys.executable), "python", "python3", f"python3.{sys.version_info[1]}"}
+    if (command == sys.executable or exe in pythons) and len(args) >= 2 and args[0] == "-m":
+        module = args[1]
+        if not _DOTTED.fullmatch(module):
+            raise ConfigError(f"{what}: {module!r} is not a module name")
+        _refuse_module(module, what, f"{command} -m {module}", policy)
+        return
+    allowed = [c for c in re.split(r"[,\s]+", os.environ.get(ALLOW_COMMANDS_ENV, "").strip()) if c]
+    if command in allowed or (exe == command and exe in allowed):
+        return
+    listed = ", ".join(f"{a.source}: {', '.join(a.packages) or 'nothing'}" for a in policy.allow_lists)
+    raise ConfigError(f"{what} would run the command {command!r}, and an import allow-list is in force "
+                      f"({listed}): a config may launch only 'python -m <allowed package>' then. If you "
+                      f"trust {command!r}, add it to ${ALLOW_COMMANDS_ENV} ({DOCS})")
 
 
 def _env_allow_list() -> ImportPolicy:

