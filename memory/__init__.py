@@ -2,6 +2,8 @@
 
 * :class:`ConversationMemory` — per-session history on disk with a token budget (the
   agent's ``history``).
+* :class:`RedisHistory` — the same on a Redis server, shared by several agent servers
+  (async; needs ``omni-agent[redis]``).
 * :class:`VectorMemory` — passages in a Chroma collection (embedded or a server), searched
   by meaning with the bundled all-MiniLM-L6-v2 embeddings.
 * :func:`ingest` — chunk and store documents (text, markdown, PDF).
@@ -20,6 +22,8 @@ __all__ = [
     "HistoryError",
     "estimate_tokens",
     "tokenizer_counter",
+    "RedisHistory",
+    "HistoryStoreDown",
     "VectorMemory",
     "Passage",
     "VectorStoreError",
@@ -42,6 +46,8 @@ _WHERE = {
     "HistoryError": "conversation",
     "estimate_tokens": "conversation",
     "tokenizer_counter": "conversation",
+    "RedisHistory": "redis_history",
+    "HistoryStoreDown": "redis_history",
     "VectorMemory": "vector",
     "Passage": "vector",
     "VectorStoreError": "vector",

@@ -4,6 +4,11 @@
 
     with ChromaServer(tmp_path / "chroma") as server:
         memory = VectorMemory("docs", url=server.url)
+
+And a real Redis server (``redis-server`` on a free loopback port) for the shared history::
+
+    with RedisServer(tmp_path / "redis") as redis:
+        history = RedisHistory(redis.url)
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ChromaServer", "free_port"]
+__all__ = ["ChromaServer", "RedisServer", "free_port"]
 
 
 def free_port() -> int:
@@ -92,6 +97,79 @@ class ChromaServer:
             proc.wait()
 
     def __enter__(self) -> "ChromaServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on loopback for tests and benches (nothing is saved:
+    ``--save '' --appendonly no``, its files go to ``path``); ``url`` once started.
+
+    ``stop()`` then ``start()`` brings it back on the same port, empty — what a shared
+    store that restarted without persistence looks like to the agent servers::
+
+        with RedisServer(tmp_path) as redis:
+            history = RedisHistory(redis.url)
+    """
+
+    def __init__(self, path: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
+                 startup_timeout: float = 10.0):
+        self.path = Path(path)
+        self.host = host
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.path / f"redis-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @staticmethod
+    def executable() -> str:
+        """The ``redis-server`` command, or FileNotFoundError saying how to install it."""
+        found = shutil.which("redis-server")
+        if found is None:
+            raise FileNotFoundError("redis-server was not found: ./setup.sh --dev installs it "
+                                    "(Debian/Ubuntu: apt-get install -y redis-server)")
+        return found
+
+    def start(self) -> "RedisServer":
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [self.executable(), "--port", str(self.port), "--bind", self.host, "--save", "",
+             "--appendonly", "no", "--dir", str(self.path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on {self.url}; its log:\n"
+                           + self.log_path.read_text(errors="replace")[-2000:])
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> "RedisServer":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import uuid
 from dataclasses import dataclass
 from time import monotonic
@@ -46,6 +47,7 @@ from .events import (
     UserTurn,
     Utterance,
 )
+from .history import AsyncHistory, History, HistoryCalls, HistoryUnavailable
 from .talker import Talker
 from .tasks import task_group
 from .thinker import GenerationSettings, Message, Thinker, ThinkerRequest
@@ -53,10 +55,17 @@ from .trace import Segment, Trace
 
 __all__ = ["Agent", "Session", "TurnResult", "InMemoryHistory"]
 
+log = logging.getLogger(__name__)
+
 
 class InMemoryHistory:
     """Conversation history kept in process (the default). See ``omni_agent.memory`` for
-    a persistent history with a token budget."""
+    a persistent history with a token budget, and ``RedisHistory`` for one shared by
+    several agent servers.
+
+    It has both shapes of :mod:`omni_agent.history`: the sync methods for scripts, and
+    async ones the agent awaits inline — a dict needs no worker thread (the bus is
+    measured in microseconds; a thread hop costs tens of them)."""
 
     def __init__(self, max_messages: int = 200):
         self.max_messages = max_messages
@@ -84,6 +93,18 @@ class InMemoryHistory:
                 msgs[i] = Message("assistant", text)
                 return True
         return False
+
+    async def aload(self, session_id: str) -> list[Message]:
+        return self.load(session_id)
+
+    async def asave_turn(self, session_id: str, messages: list[Message], *, interrupted: bool = False) -> None:
+        self.save_turn(session_id, messages, interrupted=interrupted)
+
+    async def aforget(self, session_id: str) -> None:
+        self.forget(session_id)
+
+    async def arevise_last_reply(self, session_id: str, text: str) -> bool:
+        return self.revise_last_reply(session_id, text)
 
 
 @dataclass
@@ -123,7 +144,8 @@ class Agent:
     * ``display`` — "auto": clause by clause (approved utterances) when any utterance
       middleware is present, else token by token; or force "clause" / "stream".
     * ``ears`` — speech recognition for audio turns when the Thinker cannot hear.
-    * ``history`` — conversation memory (``load``/``save_turn``); in-process by default.
+    * ``history`` — conversation memory (``load``/``save_turn``, or async
+      ``aload``/``asave_turn``: see :mod:`omni_agent.history`); in-process by default.
     """
 
     def __init__(
@@ -138,7 +160,7 @@ class Agent:
         keep_originals: bool = True,
         display: str = "auto",
         ears: Any = None,
-        history: Any = None,
+        history: History | AsyncHistory | None = None,
         settings: GenerationSettings | None = None,
         max_rounds: int = 6,
         talker_buffer: int = 4,
@@ -156,7 +178,7 @@ class Agent:
         self.fallback = fallback
         self.keep_originals = keep_originals
         self.ears = ears
-        self.history = history if history is not None else InMemoryHistory()
+        self.history = history  # the setter below: None is the in-process default
         self.settings = settings or GenerationSettings()
         self.max_rounds = max_rounds
         self.talker_buffer = talker_buffer
@@ -188,10 +210,26 @@ class Agent:
         self.display = display if display != "auto" else ("clause" if self.bus.utterance_hooks else "stream")
         self._sessions: dict[str, Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The services' task group while the agent is entered (``async with agent``), and
+        # the task that enters it for sync ``ask()`` (see _start_host).
+        self._entered = 0
+        self._services: tuple[contextlib.AsyncExitStack, Any] | None = None
+        self._host: tuple[asyncio.Task[None], asyncio.Event] | None = None
 
     @property
     def middleware(self) -> list[Middleware]:
         return self.bus.middleware
+
+    @property
+    def history(self) -> History | AsyncHistory:
+        """The conversation store; assigning one (None: a fresh :class:`InMemoryHistory`)
+        also decides, once, how the agent calls it (see :class:`~omni_agent.history.HistoryCalls`)."""
+        return self._history
+
+    @history.setter
+    def history(self, store: History | AsyncHistory | None) -> None:
+        self._history = store if store is not None else InMemoryHistory()
+        self._history_calls = HistoryCalls(self._history)
 
     @classmethod
     def from_config(cls, config: Any) -> "Agent":
@@ -226,6 +264,17 @@ class Agent:
             if drop is not None:
                 drop(session_id)
 
+    async def aclose_session(self, session_id: str, *, forget: bool = False) -> None:
+        """:meth:`close_session` for async code: the history is forgotten off the loop
+        (awaited, or in a worker thread for a sync store), and shielded, so a connection
+        that is being cancelled still forgets what it was asked to."""
+        s = self._sessions.pop(session_id, None)
+        if s is not None:
+            s.interrupt("session closed")
+        if forget:
+            with anyio.CancelScope(shield=True):
+                await self._history_calls.forget(session_id)
+
     def _run_sync(self, coro: Any) -> Any:
         try:
             asyncio.get_running_loop()
@@ -237,7 +286,84 @@ class Agent:
         # One loop per agent, kept: backends may hold loop-bound clients across turns.
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
+        if self._host is None and self.tool_sources():
+            self._start_host(coro)
         return self._loop.run_until_complete(coro)
+
+    def _start_host(self, coro: Any) -> None:
+        """Sync use with tool sources (MCP servers): one task on the kept loop enters the
+        agent (``async with self``) and holds it until :meth:`close`, which stops and
+        awaits it — the owner of the servers' sessions between ``ask()`` calls."""
+        assert self._loop is not None
+        loop = self._loop
+        started: asyncio.Future[None] = loop.create_future()
+        stop = asyncio.Event()
+
+        async def host() -> None:
+            try:
+                async with self:
+                    started.set_result(None)
+                    await stop.wait()
+            except BaseException as e:
+                if not started.done():
+                    started.set_exception(e)
+                    return
+                raise
+
+        self._host = (loop.create_task(host()), stop)
+        try:
+            loop.run_until_complete(started)
+        except BaseException:
+            task, self._host = self._host[0], None
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            coro.close()
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def tool_sources(self) -> list[Any]:
+        """The tool sources (MCP servers, docs/mcp.md) of the agent's registries."""
+        from .tools import ToolRegistry
+
+        out: list[Any] = []
+        regs = [self.tools] + [getattr(mw, "registry", None) for mw in self.middleware]
+        for reg in regs:
+            if isinstance(reg, ToolRegistry):
+                out.extend(s for s in reg.sources if s not in out)
+        return out
+
+    async def __aenter__(self) -> "Agent":
+        """Run the agent's services for the block: each MCP server's owner task starts in
+        the agent's task group, and the servers are started and listed before the block
+        runs (:class:`~omni_agent.tools.mcp.MCPStartError` names one that does not start).
+        Leaving the block cancels the group, which closes every server. Nested entries in
+        the same task share one group. An agent without tool sources enters for free."""
+        if self._entered:
+            self._entered += 1
+            return self
+        stack = contextlib.AsyncExitStack()
+        tg = await stack.enter_async_context(task_group())
+        self._entered, self._services = 1, (stack, tg)
+        try:
+            sources = self.tool_sources()
+            for src in sources:
+                src.accepts = frozenset(self.thinker.accepts)
+                await tg.start(src.serve)
+            async with task_group() as starting:  # in parallel: one slow server is the wait
+                for src in sources:
+                    starting.start_soon(src.wait_started)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._entered -= 1
+        if self._entered > 0 or self._services is None:
+            return
+        (stack, tg), self._services = self._services, None
+        tg.cancel_scope.cancel()  # the owners close their servers as they unwind
+        await stack.aclose()
 
     async def warm_up(self) -> dict[str, float]:
         """Load the models now (in a worker thread) instead of on the first turn, so the
@@ -249,6 +375,15 @@ class Agent:
                 t0 = monotonic()
                 await asyncio.to_thread(load)
                 loaded[role] = monotonic() - t0
+        sources = self.tool_sources()
+        if sources:
+            # Entered: the servers run already. Not entered (a server's warm-up in a loop of
+            # its own): start and list them once, then close them — a server that does not
+            # start fails here, naming its command, not on the first turn.
+            t0 = monotonic()
+            async with self:
+                pass
+            loaded["mcp"] = monotonic() - t0
         for mw in self.middleware:  # middleware with models of their own (the tool router)
             warm = getattr(mw, "warm_up", None)
             if callable(warm):
@@ -258,7 +393,13 @@ class Agent:
         return loaded
 
     async def aclose(self) -> None:
-        for part in (self.thinker, self.talker):
+        if self._host is not None and self._host[0].get_loop() is asyncio.get_running_loop():
+            task, stop = self._host
+            self._host = None
+            stop.set()
+            await task  # the sync host leaves the agent: its MCP servers are closed
+        # A shared history store writes the turns it still buffers (and says what is lost).
+        for part in (self.thinker, self.talker, self._history):
             close = getattr(part, "aclose", None)
             if close is not None:
                 await close()
@@ -332,7 +473,13 @@ class Session:
 
     @property
     def history(self) -> list[Message]:
-        return self.agent.history.load(self.id)
+        """The session's history, read with the store's sync ``load`` (for scripts and
+        tests; in async code ``await session.ahistory()`` does not block the loop)."""
+        return self.agent.history.load(self.id)  # type: ignore[union-attr]
+
+    async def ahistory(self) -> list[Message]:
+        """The session's history, read the way a turn reads it (off the loop)."""
+        return await self.agent._history_calls.load(self.id)
 
     @property
     def busy(self) -> bool:
@@ -371,6 +518,19 @@ class Session:
         if revise is None or self.busy:
             return False
         return bool(revise(self.id, heard))
+
+    async def arevise_last_reply(self, heard: str) -> bool:
+        """:meth:`revise_last_reply` for async code: the store is awaited (or called in a
+        worker thread), so a store across the network does not hold the loop. A store
+        that cannot be reached returns False (nothing was revised) and logs why."""
+        calls = self.agent._history_calls
+        if not calls.can_revise or self.busy:
+            return False
+        try:
+            return await calls.revise_last_reply(self.id, heard)
+        except HistoryUnavailable as e:
+            log.warning("session %s: the last reply was not cut to what was heard: %s", self.id, e)
+            return False
 
     def interrupt(self, reason: str = "barge-in") -> bool:
         """Cancel the running turn — speech recognition, input hooks, Thinker, tools,
@@ -464,8 +624,10 @@ class Session:
             except Exception as e:  # noqa: BLE001 - raised to the consumer, as it was given
                 await out.put(_Raise(e))
                 return
-            history = agent.history.load(self.id)
+            history, history_error = await self._load_history(trace)
             await out.put(turn)
+            if history_error is not None:
+                await out.put(history_error)
             accepted, blocker = await agent.bus.process_input(turn, ctx)
             for e in ctx.take_emitted():
                 await out.put(e)
@@ -524,11 +686,49 @@ class Session:
             if agent._keep_redact:
                 turn_msgs = [_redacted_message(m, agent._keep_redact) for m in turn_msgs]
             turn_msgs.append(Message("assistant", remembered))
-            agent.history.save_turn(self.id, turn_msgs, interrupted=interrupted)
+            saved = await self._save_history(trace, turn_msgs, interrupted)
+            if saved is not None:
+                await out.put(saved)
         trace.mark("end")
         await out.put(TurnEnd(reason=reason, text=text, spoken=spoken, session_id=self.id,
                               turn_id=self.turn_id))
         await out.put(_END)
+
+    async def _load_history(self, trace: Trace) -> tuple[list[Message], ErrorEvent | None]:
+        """The session's history for this turn. A store that fails does not fail the turn:
+        it goes on with what the store could still give (``HistoryUnavailable.partial``)
+        or none, and the error says so."""
+        t0 = monotonic()
+        try:
+            return await self.agent._history_calls.load(self.id), None
+        except Exception as e:  # noqa: BLE001 - the turn goes on; the error is reported
+            partial = e.partial if isinstance(e, HistoryUnavailable) else []
+            msg = (f"the conversation history could not be loaded ({e}); this turn goes on "
+                   + (f"with the {len(partial)} message(s) this server still holds" if partial
+                      else "without it"))
+            trace.error("history", msg)
+            log.warning("session %s: %s", self.id, msg)
+            return partial, ErrorEvent(message=msg, stage="history", recoverable=True,
+                                       session_id=self.id, turn_id=self.turn_id)
+        finally:
+            trace.add_time("history_load", monotonic() - t0)
+
+    async def _save_history(self, trace: Trace, messages: list[Message], interrupted: bool) -> ErrorEvent | None:
+        """Save the finished turn. Shielded: a reader that left early (or a barge-in
+        landing now) must not cut a save in half; the store's own timeouts bound it."""
+        t0 = monotonic()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.agent._history_calls.save_turn(self.id, messages, interrupted=interrupted)
+            return None
+        except Exception as e:  # noqa: BLE001 - the answer was given; the error says what is lost
+            msg = f"the turn was not written to the conversation history: {e}"
+            trace.error("history", msg)
+            log.warning("session %s: %s", self.id, msg)
+            return ErrorEvent(message=msg, stage="history", recoverable=True,
+                              session_id=self.id, turn_id=self.turn_id)
+        finally:
+            trace.add_time("history_save", monotonic() - t0)
 
     async def _hear(self, turn: UserTurn, trace: Trace) -> None:
         """Transcribe audio parts when the Thinker cannot take audio itself."""

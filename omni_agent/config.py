@@ -9,7 +9,7 @@
     fallback = "Sorry, I can't say that."
 
     [thinker]
-    backend = "transformers"        # or openai, qwen3-omni, vllm-omni, scripted, module:Class
+    backend = "embedded"            # or llama-cpp, transformers, openai, qwen3-omni, vllm-omni, scripted, module:Class
     threads = 1
 
     [generation]
@@ -111,10 +111,27 @@ class SecuritySection(_Strict):
             raise ValueError(str(e).removeprefix(f"{CONFIG_ALLOW_LIST}: ")) from None
 
 
+def _mcp_section() -> type[BaseModel]:
+    from .tools.mcp import MCPServerSpec
+
+    class MCPSection(MCPServerSpec):
+        """An ``[[mcp]]`` entry: like MCPServerSpec, but the allow-list of tools to expose
+        must be written out (``tools = ["*"]`` for all of them): a config says what the
+        model gets."""
+
+        tools: list[str]  # type: ignore[assignment]
+
+    return MCPSection
+
+
+MCPSection = _mcp_section()
+
+
 class AgentConfig(_Strict):
     tools: list[str] = []
+    mcp: list[MCPSection] = []  # type: ignore[valid-type]
     agent: AgentSection = AgentSection()
-    thinker: BackendSection = BackendSection(backend="transformers")
+    thinker: BackendSection = BackendSection(backend="embedded")
     generation: GenerationSection = GenerationSection()
     talker: BackendSection | None = None
     ears: dict[str, Any] | None = None
@@ -230,6 +247,42 @@ def build_agent(cfg: AgentConfig, *, allow_imports: Iterable[str] | None = None,
         return _build_agent(cfg, overrides)
 
 
+def build_history(options: dict[str, Any]) -> Any:
+    """The ``[history]`` section: ``store`` says where (left out or ``"sqlite"``: a
+    ConversationMemory file, with ``path``; ``"redis://host:port/db"``: a RedisHistory
+    shared by several agent servers); the other keys go to that store."""
+    from .memory import ConversationMemory
+
+    store = options.pop("store", "sqlite")
+    if store == "sqlite":
+        return build_component(ConversationMemory, options, "history")
+    if isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
+        from .memory import RedisHistory
+
+        return build_component(RedisHistory, {"url": store, **options}, "history")
+    raise ConfigError(f"history.store: {store!r} is not a store: use \"sqlite\" (the default, a file "
+                      "on this machine) or a Redis URL like \"redis://127.0.0.1:6379/0\"")
+
+
+def build_mcp(sections: list[Any]) -> list[Any]:
+    """The ``[[mcp]]`` servers as tool sources. A command is code: under an import
+    allow-list it must be ``python -m <allowed package>`` or be listed in
+    ``$OMNI_AGENT_ALLOW_COMMANDS`` (:func:`~omni_agent.registry.check_command`)."""
+    from .registry import check_command
+    from .tools.mcp import MCPServerSpec, MCPSource
+
+    names: set[str] = set()
+    out = []
+    for i, sec in enumerate(sections):
+        if sec.name in names:
+            raise ConfigError(f"mcp[{i}]: two MCP servers are named {sec.name!r}: give each its own name")
+        names.add(sec.name)
+        if sec.command is not None:
+            check_command(sec.command, sec.args, f"mcp[{i}] ({sec.name})")
+        out.append(MCPSource(MCPServerSpec.model_validate(sec.model_dump())))
+    return out
+
+
 def _build_agent(cfg: AgentConfig, overrides: dict[str, Any]) -> Any:
     from .agent import Agent
 
@@ -237,7 +290,7 @@ def _build_agent(cfg: AgentConfig, overrides: dict[str, Any]) -> Any:
         thinker=build_thinker(cfg.thinker),
         talker=build_talker(cfg.talker),
         middleware=build_middleware(cfg.middleware),
-        tools=[resolve(t, TOOLS) for t in cfg.tools] or None,
+        tools=[resolve(t, TOOLS) for t in cfg.tools] + build_mcp(cfg.mcp) or None,
         settings=GenerationSettings(**cfg.generation.model_dump()),
         **cfg.agent.model_dump(),
     )
@@ -246,8 +299,6 @@ def _build_agent(cfg: AgentConfig, overrides: dict[str, Any]) -> Any:
 
         kw["ears"] = build_component(Ears, dict(cfg.ears), "ears")
     if cfg.history is not None:
-        from .memory import ConversationMemory
-
-        kw["history"] = build_component(ConversationMemory, dict(cfg.history), "history")
+        kw["history"] = build_history(dict(cfg.history))
     kw.update(overrides)
     return Agent(**kw)

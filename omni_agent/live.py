@@ -592,6 +592,19 @@ class LiveSession:
         self._end_speech()
         return True
 
+    def drop_speech(self) -> bool:
+        """Forget the user speech collected so far (a client cleared its input buffer): no
+        turn comes of it, and the rest of this stretch of speech is ignored up to the next
+        pause. Returns False when no speech was being collected."""
+        self._onset.clear()  # the pre-roll is part of what was cleared
+        if not self.user_speaking or self._ignoring:
+            self._run_ms = 0.0
+            return False
+        self._ignoring = True
+        self._turn_audio = []
+        self._turn_samples = 0
+        return True
+
     # ------------------------------------------------------------------ other input
 
     def submit_text(self, text: str) -> None:
@@ -640,9 +653,12 @@ class LiveSession:
             self.cancel_latencies.append(0.0)
         return True
 
-    def report_playback(self, turn_id: int, played_ms: float, final: bool = True) -> None:
+    def report_playback(self, turn_id: int, played_ms: float, final: bool = True, *,
+                        cut: bool = False) -> None:
         """The client played ``played_ms`` of turn ``turn_id``'s audio. ``final``: it has
-        stopped playing it (after a barge-in); memory is then cut to what was heard."""
+        stopped playing it (after a barge-in); memory is then cut to what was heard.
+        ``cut``: cut memory even without a barge-in (the client stopped playback itself,
+        e.g. a Realtime ``conversation.item.truncate``)."""
         self._client_reports_playback = True
         reply = self._reply
         if reply is None or reply.turn_id != turn_id or played_ms < 0:
@@ -654,25 +670,37 @@ class LiveSession:
             if not self.agent_busy:
                 self._play_until = monotonic() + max(0.0, left)
             return
-        if reply.barged:
-            self._revise_memory(reply, played_ms / 1000.0)
+        if (reply.barged or cut) and self._revise_memory(reply, played_ms / 1000.0):
+            return  # the revision sets _playback_reported when it has landed
         self._playback_reported.set()
 
-    def _revise_memory(self, reply: _ReplyAudio, played: float) -> None:
+    def _revise_memory(self, reply: _ReplyAudio, played: float) -> bool:
+        """Cut memory to what was heard; True when a revision task was started (it lets
+        the next turn go when it has landed)."""
         heard = heard_text(reply.clauses(), played)
         if not reply.done:
             reply.pending_heard = heard  # applied when the turn has ended
-            return
-        self._apply_heard(reply, heard)
+            return False
+        if self._tg is None:
+            return False
+        # The history store may be across the network (shared by several replicas): the
+        # revision runs as a task of this session, and the next turn waits for it, so the
+        # next turn's history is the revised one.
+        self._playback_reported.clear()
+        self._tg.start_soon(self._revise_then_go_on, reply, heard)
+        return True
 
-    def _apply_heard(self, reply: _ReplyAudio, heard: str) -> None:
+    async def _revise_then_go_on(self, reply: _ReplyAudio, heard: str) -> None:
+        try:
+            await self._apply_heard(reply, heard)
+        finally:
+            self._playback_reported.set()
+
+    async def _apply_heard(self, reply: _ReplyAudio, heard: str) -> None:
         reply.pending_heard = None
         if heard == (reply.remembered or "") or self._reply is not reply:
             return
-        revise = getattr(self.session, "revise_last_reply", None)
-        if revise is None or self.session.busy:
-            return
-        if revise(heard):
+        if await self.session.arevise_last_reply(heard):
             reply.remembered = heard
             self._outbox.put_nowait({"type": "memory_revised", "turn_id": reply.turn_id,
                                      "heard": heard})
@@ -777,7 +805,7 @@ class LiveSession:
         reply.remembered = end.spoken if session.agent.talker is not None else end.text
         if reply.pending_heard is not None:
             # The client's playback report came in while the turn was still ending.
-            self._apply_heard(reply, reply.pending_heard)
+            await self._apply_heard(reply, reply.pending_heard)
         trace = session.last_trace
         timings = dict(trace.timings) if trace is not None else {}
         await self._outbox.put({
@@ -800,6 +828,11 @@ class LiveSession:
             if msg is None:
                 return
             yield msg
+
+    async def post(self, msg: dict) -> None:
+        """Queue a transport's own message (an acknowledgement, an error) in order with the
+        session's messages; waits while the outbox is full (backpressure on the client)."""
+        await self._outbox.put(msg)
 
     async def next_message(self) -> LiveMessage | None:
         """The next message (None after :meth:`aclose`)."""

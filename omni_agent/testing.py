@@ -17,7 +17,7 @@ import math
 import struct
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence, Union
 
-from .events import AudioChunk, Event, ReasoningDelta, TextDelta, ToolCall, Utterance
+from .events import AudioChunk, Event, Finish, ReasoningDelta, TextDelta, ToolCall, Utterance
 from .thinker import ThinkerRequest
 
 __all__ = ["ScriptedThinker", "RecordingTalker", "Reply", "words", "word_match"]
@@ -57,18 +57,32 @@ class ScriptedThinker:
     "arguments"}}``, or a callable ``request -> reply``. When the script runs out, the last
     reply repeats (or ``default`` when given). ``delay`` seconds pass between deltas.
     ``requests`` keeps every request it got, so tests can check what the Thinker saw.
+
+    It plays a model that says exactly what was scripted, and never bends the script to
+    the request: with ``tool_choice="none"`` a scripted tool call is still made, and a
+    ``response_format`` is not checked — so a test can show that the code around it (the
+    agent, a server) keeps those promises itself. What it can say truthfully, it says:
+    every reply ends with a :class:`~omni_agent.events.Finish` ("tool_calls" when the
+    script called a tool, else "stop", or the reason a scripted ``Finish`` gives; no token
+    counts: a script has no tokenizer), and with ``request.logprobs`` each text delta
+    carries one entry of log-probability 0.0 (the script is certain of every word).
+    ``supports`` is what a server may ask of it (default: ``response_format``,
+    ``tool_choice`` and ``logprobs``, since the script is the answer); pass ``supports=()``
+    to play a backend that can keep none of them.
     """
 
     name = "scripted"
 
     def __init__(self, replies: Iterable[Reply] | Reply = (), *, delay: float = 0.0,
                  accepts: Iterable[str] = ("text", "image", "audio", "video"),
-                 default: Reply | None = None):
+                 default: Reply | None = None,
+                 supports: Iterable[str] = ("response_format", "tool_choice", "logprobs")):
         if isinstance(replies, str) or callable(replies):
             replies = [replies]
         self.replies: list[Reply] = list(replies)
         self.delay = delay
         self.accepts = frozenset(accepts)
+        self.supports = frozenset(supports)
         self.default = default
         self.requests: list[ThinkerRequest] = []
         self._i = 0
@@ -90,6 +104,7 @@ class ScriptedThinker:
         reply = self._next(request)
         items = [reply] if isinstance(reply, str) else list(reply)
         n = 0
+        called = False
         for item in items:
             if self.delay and n:
                 await asyncio.sleep(self.delay)
@@ -98,19 +113,33 @@ class ScriptedThinker:
                 if item.startswith("<think>") and item.endswith("</think>"):
                     yield ReasoningDelta(item[7:-8])
                 else:
-                    yield TextDelta(item)
+                    yield TextDelta(item, logprobs=_certain(item, request.logprobs))
             elif isinstance(item, dict) and "tool_call" in item:
                 tc = item["tool_call"]
                 args = tc.get("arguments", {})
+                called = True
                 yield ToolCall(id=tc.get("id", f"call_{n}"), name=tc["name"],
                                arguments=args if isinstance(args, str) else json.dumps(args))
+            elif isinstance(item, Finish):
+                yield item  # the script says how it ended
+                return
             elif isinstance(item, Event):
+                called = called or isinstance(item, ToolCall)
                 yield item
             else:
                 raise TypeError(f"cannot script {item!r}: use a string, an event or a tool_call dict")
+        yield Finish(reason="tool_calls" if called else "stop")
 
     async def aclose(self) -> None:
         return None
+
+
+def _certain(text: str, top: int | None) -> list[dict[str, Any]] | None:
+    """The logprob entry of a scripted delta: probability 1 (the script is certain)."""
+    if top is None or not text:
+        return None
+    entry = {"token": text, "logprob": 0.0, "bytes": list(text.encode("utf-8"))}
+    return [{**entry, "top_logprobs": [dict(entry)] if top else []}]
 
 
 class RecordingTalker:

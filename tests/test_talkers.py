@@ -251,9 +251,9 @@ async def test_server_refuses_a_body_that_is_not_json():
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 
-async def test_server_refuses_formats_it_cannot_stream():
-    r = await asgi_post(create_talker_app(EspeakTalker()), {"input": "hi", "response_format": "mp3"})
-    assert r.status_code == 400 and "'pcm' or 'wav'" in r.json()["error"]["message"]
+async def test_server_refuses_formats_openai_does_not_have():
+    r = await asgi_post(create_talker_app(EspeakTalker()), {"input": "hi", "response_format": "ogg"})
+    assert r.status_code == 400 and "mp3, opus, aac, flac, wav, pcm" in r.json()["error"]["message"]
 
 
 async def test_server_refuses_overlong_input():

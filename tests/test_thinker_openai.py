@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from omni_agent.errors import ConfigError, ThinkerError, UnsupportedInputError
-from omni_agent.events import AudioPart, ImagePart, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
+from omni_agent.events import AudioPart, Finish, ImagePart, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
 from omni_agent.server.background import serve_in_background
 from omni_agent.server.thinker_server import create_app
 from omni_agent.testing import ScriptedThinker
@@ -61,10 +61,38 @@ async def test_vllm_text_stream_becomes_text_deltas_and_usage_is_kept():
     thinker = OpenAIThinker("http://vllm:8000/v1", model="Qwen/Qwen2.5-7B-Instruct",
                             transport=sse_transport("vllm_text.sse"))
     events = await collect(thinker, ask("What is the capital of France?"))
-    assert all(isinstance(e, TextDelta) for e in events)
-    assert len(events) == 7
+    assert all(isinstance(e, TextDelta) for e in events[:-1])
+    assert len(events) == 8
     assert text_of(events) == "The capital of France is Paris."
     assert thinker.last_usage == {"prompt_tokens": 31, "total_tokens": 39, "completion_tokens": 8}
+
+
+async def test_the_last_event_is_a_finish_with_the_reason_and_token_counts():
+    thinker = OpenAIThinker("http://vllm:8000/v1", model="m", transport=sse_transport("vllm_text.sse"))
+    *_, last = await collect(thinker, ask())
+    assert isinstance(last, Finish)
+    assert (last.reason, last.prompt_tokens, last.completion_tokens) == ("stop", 31, 8)
+
+
+async def test_tool_calls_end_with_a_tool_calls_finish():
+    thinker = OpenAIThinker("http://vllm:8000/v1", model="m", transport=sse_transport("vllm_tool_calls.sse"))
+    events = await collect(thinker, ask())
+    assert isinstance(events[-1], Finish) and events[-1].reason == "tool_calls"
+    assert isinstance(events[-2], ToolCall)
+
+
+async def test_response_format_and_logprobs_are_passed_to_the_server():
+    seen: list[httpx.Request] = []
+    thinker = OpenAIThinker("http://vllm/v1", model="m", transport=sse_transport("vllm_text.sse", seen))
+    schema = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object"}}}
+    await collect(thinker, ask(response_format=schema, logprobs=3))
+    await collect(thinker, ask(logprobs=0))
+    await collect(thinker, ask())
+    bodies = [json.loads(r.content) for r in seen]
+    assert bodies[0]["response_format"] == schema
+    assert (bodies[0]["logprobs"], bodies[0]["top_logprobs"]) == (True, 3)
+    assert bodies[1]["logprobs"] is True and "top_logprobs" not in bodies[1]
+    assert not {"response_format", "logprobs", "top_logprobs"} & set(bodies[2])
 
 
 async def test_tool_call_deltas_split_across_chunks_are_assembled_into_complete_calls():
@@ -216,6 +244,23 @@ async def test_a_plain_json_completion_is_accepted_when_the_server_does_not_stre
     assert text_of(events) == "Checking."
     assert [(e.id, e.name, e.arguments) for e in events if isinstance(e, ToolCall)] == [
         ("t1", "get_weather", '{"city": "Oslo"}')]
+    assert isinstance(events[-1], Finish) and events[-1].reason == "tool_calls"
+    assert events[-1].prompt_tokens is None  # this server sent no usage: fine
+
+
+async def test_logprobs_of_a_plain_json_completion_reach_the_text():
+    lp = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+
+    def handler(request):
+        return httpx.Response(200, json={"object": "chat.completion", "choices": [{
+            "index": 0, "finish_reason": "length", "logprobs": {"content": lp},
+            "message": {"role": "assistant", "content": "Hi"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+
+    thinker = OpenAIThinker("http://x/v1", model="m", transport=httpx.MockTransport(handler))
+    text, finish = await collect(thinker, ask(logprobs=0))
+    assert text.text == "Hi" and text.logprobs == lp
+    assert (finish.reason, finish.prompt_tokens, finish.completion_tokens) == ("length", 5, 1)
 
 
 # ---------------------------------------------------------------------------- errors and retries
@@ -315,7 +360,8 @@ async def test_text_streams_from_our_server_over_loopback(scripted_server):
     scripted, url = scripted_server
     thinker = OpenAIThinker(url + "/v1", model="scripted-model")
     events = await collect(thinker, ask("hi"))
-    assert [e.text for e in events] == ["Hello", " from", " the", " server."]
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hello", " from", " the", " server."]
+    assert isinstance(events[-1], Finish) and events[-1].reason == "stop"
     await thinker.aclose()
 
 
@@ -332,7 +378,7 @@ async def test_tool_calls_and_reasoning_round_trip_through_our_server():
                                  {"tool_call": {"id": "c7", "name": "get_weather", "arguments": {"city": "Rome"}}},
                                  {"tool_call": {"id": "c8", "name": "current_time", "arguments": {}}}]])
     with serve_in_background(create_app(scripted)) as url:
-        thinker = OpenAIThinker(url + "/v1", model="any")
+        thinker = OpenAIThinker(url + "/v1")  # the served model, from /v1/models
         tools = [{"type": "function", "function": {"name": "get_weather"}}]
         events = await collect(thinker, ask("weather?", tools=tools))
         await thinker.aclose()
@@ -346,7 +392,7 @@ async def test_tool_calls_and_reasoning_round_trip_through_our_server():
 async def test_media_parts_reach_the_served_thinker_byte_for_byte():
     scripted = ScriptedThinker(["ok"])
     with serve_in_background(create_app(scripted)) as url:
-        thinker = OpenAIThinker(url + "/v1", model="any", accepts=("text", "image", "audio", "video"))
+        thinker = OpenAIThinker(url + "/v1", accepts=("text", "image", "audio", "video"))
         await collect(thinker, ThinkerRequest([Message("user", [
             TextPart("Describe"), ImagePart(data=PNG), AudioPart(data=WAV), VideoPart(data=b"\x00\x00\x00\x18ftypmp42")])]))
         await thinker.aclose()
@@ -378,7 +424,7 @@ async def test_leaving_the_stream_early_stops_the_served_thinker():
 
     endless = Endless()
     with serve_in_background(create_app(endless)) as url:
-        thinker = OpenAIThinker(url + "/v1", model="any")
+        thinker = OpenAIThinker(url + "/v1")  # the served model, from /v1/models
         agen = thinker.stream(ask())
         n = 0
         async for _ in agen:

@@ -204,6 +204,9 @@ class ToolRegistry:
     def __init__(self, tools: Iterable[Any] | Any = ()):
         self._tools: dict[str, Tool] = {}
         self._schemas: list[dict[str, Any]] | None = None
+        #: Tool sources whose tools come and go (MCP servers, omni_agent.tools.mcp): the
+        #: agent runs and closes them; they add and remove their tools here.
+        self.sources: list[Any] = []
         if isinstance(tools, (str, Tool)) or callable(tools) and not isinstance(tools, type):
             tools = [tools]
         for t in tools:
@@ -211,14 +214,28 @@ class ToolRegistry:
 
     # ------------------------------------------------------------------ contents
 
-    def add(self, obj: Any) -> Tool:
-        """Register a tool (see :func:`as_tool` for what is accepted); returns it."""
+    def add(self, obj: Any) -> Any:
+        """Register a tool (see :func:`as_tool` for what is accepted); returns it. A tool
+        source (an :class:`~omni_agent.tools.mcp.MCPSource`) is kept in :attr:`sources`
+        and puts its tools here itself once its server has listed them."""
+        if callable(getattr(obj, "attach", None)) and callable(getattr(obj, "serve", None)):
+            if obj not in self.sources:
+                self.sources.append(obj)
+                obj.attach(self)
+            return obj
         t = as_tool(obj)
         if t.name in self._tools and self._tools[t.name] is not t:
             raise ToolError(f"two tools are named {t.name!r}: rename one with "
                             "@tool(name=...)")
         self._tools[t.name] = t
         self._schemas = None
+        return t
+
+    def remove(self, name: str) -> Tool | None:
+        """Take tool ``name`` out (a tool source whose server dropped it); returns it."""
+        t = self._tools.pop(name, None)
+        if t is not None:
+            self._schemas = None
         return t
 
     def tool(self, fn: Callable[..., Any] | None = None, **kw: Any) -> Any:

@@ -37,14 +37,38 @@ NO_TOOL_EXAMPLES: tuple[str, ...] = (
     "When does the museum open?", "What are the opening hours of the library?",
     "What time does the shop close on Sundays?", "When does the next ferry leave?",
     "Who is the captain of the ship?",
+    # Statements with times, dates and numbers in them are not questions for the clock or
+    # the calculator: the user is telling, not asking.
+    "My train leaves at 6:15 tonight.", "The concert starts at 8:30 on Friday.",
+    "Let's meet on the 3rd at noon.", "I'll call you back in ten minutes.",
+    "My number is 020 7946 0000, save it please.", "The appointment is on 9/3.",
+    "Our team won 4-1.", "There is 30% off all shoes.",
 )
 
-# Requests an embedding model reads poorly: arithmetic is about the numbers, not the words.
-DEFAULT_PATTERNS: dict[str, str] = {
-    "calculator": r"\d\s*(?:[-+*/^×÷%]|\*\*|plus\b|minus\b|times\b|divided\b|multiplied\b|"
-                  r"over\b|to the power|squared\b|cubed\b|percent\b|mod\b)|"
-                  r"\b(?:square|cube) root\b|\bsqrt\b|\bfactorial\b",
-}
+# Arithmetic is about the numbers, not the words, so an embedding model reads it poorly:
+# a pattern recognises it. It wants an operand on both sides of an operator, and a "-" or
+# "/" between two numbers counts only with spaces around it ("3 - 2", "12 / 4") or right
+# after "what is"/"calculate" as the whole question ("What's 100-37?"): phone numbers,
+# dates, scores, ranges and codes ("555-867-5309", "12/05", "3-2", "9-5", "12-34-56") are
+# written tight. A number glued to a word, a colon, a dot or a slash on its left ("7:45",
+# "BA2490", "3/14") is not an operand; "95%" is a percentage, "15% of 80" a calculation.
+# (Atomic groups keep a long run of digits and commas linear, not quadratic, to scan.)
+_NUM = r"(?:(?<![\w.:/,])(?>\d+(?:,\d{3})*)(?:\.\d+)?|\))"  # a left operand (or a closing parenthesis)
+_RHS = r"\s*[-(]?\s*\d"                               # a right operand, maybe negative or bracketed
+_LEAD = r"\b(?:what(?:'|\u2019)?s|what\s+is|how\s+much\s+is|calculate|compute|evaluate|work\s+out|solve)\s+"
+_CALCULATOR = "|".join([
+    _NUM + r"\s*(?:\*\*|[+*\u00d7\u00f7^\u2212])" + _RHS,                  # 2+2, 17 * 23, 2 ** 10
+    _NUM + r"\s+[-/]\s+\(?\s*-?\d",                                        # 3 - 2, 12 / 4 (spaced)
+    _LEAD + _NUM + r"\s*[-/]\s*\d[\d.,]*\s*(?:[?.!=]|$)",                     # what's 100-37?
+    _NUM + r"\s*(?:plus|minus|times|x|multiplied\s+by|divided\s+by|over|mod|modulo|"
+           r"to\s+the\s+power\s+of|raised\s+to(?:\s+the\s+power\s+of)?)\b" + _RHS,
+    _NUM + r"\s*(?:%|percent\b)\s*of\s+[$\u20ac\u00a3]?\d",                       # 15% of 80
+    r"\b(?:add|subtract|multiply|divide)\s+" + _NUM + r"\s+(?:and|to|from|by)" + _RHS,
+    r"\b(?:sum|product|difference|quotient)\s+of\s+" + _NUM + r"\s+and" + _RHS,
+    _NUM + r"\s*(?:squared|cubed|factorial)\b",                              # 9 squared, 7 factorial
+    r"\b(?:(?:square|cube)\s+root|factorial)\s+of" + _RHS + r"|\bsqrt\s*\(?\s*\d",  # square root of 144
+])
+DEFAULT_PATTERNS: dict[str, str] = {"calculator": _CALCULATOR}
 
 def minilm_embedder(model_path: str | None = None, threads: int | None = 1
                     ) -> Callable[[Sequence[str]], Any]:
@@ -66,16 +90,20 @@ class ToolRouter:
     """Picks at most one tool for a request (``route(text, registry) -> (name, score)``).
 
     * ``threshold`` — the least cosine similarity for a tool to be picked;
+    * ``margin`` — how much nearer than the nearest no-tool example a tool must be (a
+      statement like "The sale gives 20% off everything" is about as near to "What is 20%
+      of 50?" as to "There is 30% off all shoes": too close to call is no tool);
     * ``no_tool_examples`` — requests that need no tool (the competing class);
     * ``patterns`` — regular expressions per tool name that pick it outright (a match
       scores ``pattern_score``); defaults to an arithmetic pattern for ``calculator``;
     * ``embed`` — texts -> normalised vectors; defaults to the bundled MiniLM.
     """
 
-    def __init__(self, *, threshold: float = 0.35, no_tool_examples: Iterable[str] = NO_TOOL_EXAMPLES,
+    def __init__(self, *, threshold: float = 0.35, margin: float = 0.05, no_tool_examples: Iterable[str] = NO_TOOL_EXAMPLES,
                  patterns: dict[str, str] | None = None, pattern_score: float = 0.9,
                  embed: Callable[[Sequence[str]], Any] | None = None):
         self.threshold = threshold
+        self.margin = margin
         self.no_tool_examples = list(no_tool_examples)
         self.patterns = {k: re.compile(v, re.IGNORECASE)
                          for k, v in (DEFAULT_PATTERNS if patterns is None else patterns).items()}
@@ -127,14 +155,18 @@ class ToolRouter:
             return None
         scores = self.scores(text, registry)
         name = max(scores, key=scores.__getitem__)
-        if name and scores[name] >= self.threshold:
+        if name and self._clear(name, scores):
             return name, round(scores[name], 4)
         if name and context and context.strip():
             joined = self.scores(f"{context.strip()} {text.strip()}", registry)
             best = max(joined, key=joined.__getitem__)
-            if best == name and joined[best] >= self.threshold:
+            if best == name and self._clear(best, joined):
                 return best, round(joined[best], 4)
         return None
+
+    def _clear(self, name: str, scores: dict[str, float]) -> bool:
+        """Whether tool ``name`` is near enough, and nearer than needing none by the margin."""
+        return scores[name] >= self.threshold and scores[name] - scores.get("", 0.0) >= self.margin
 
     def warm(self, registry: ToolRegistry) -> "ToolRouter":
         """Load the model and embed the tools now (else on the first request)."""

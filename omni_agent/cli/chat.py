@@ -33,6 +33,10 @@ def chat(prompt, as_json, image, audio, video, session_id, no_trace, config_path
         failed = end is None or end.reason == "error"
 
     async def repl():
+        async with agent:  # runs the agent's MCP servers for the chat (docs/mcp.md)
+            await chat_in(agent)
+
+    async def chat_in(agent):
         first = True
         await warm_up(agent, quiet=as_json or no_trace)
         if prompt or image or audio or video:

@@ -41,20 +41,28 @@ __all__ = ["register_serve"]
               help="Seconds a request may wait for a free synthesis slot.")
 @click.option("--max-body-bytes", default=64 * 1024, show_default=True, type=int,
               help="Largest request body (413 beyond).")
+@click.option("--sample-rate", default="24000", show_default=True,
+              help="Rate of every answer in Hz (24000 is OpenAI's), or 'native' for the Talker's "
+                   "own; a request's X-Sample-Rate header overrides it.")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @web_options("OMNI_AGENT_TALKER_TOKEN")
 @friendly_errors
 def serve_talker(talker_name, voice, lang, url, config_path, host, port, max_input_chars,
-                 max_piece_chars, max_concurrent, queue_timeout, max_body_bytes, log_level, web):
-    """Serve a Talker over HTTP (POST /v1/audio/speech, streaming pcm or wav)."""
+                 max_piece_chars, max_concurrent, queue_timeout, max_body_bytes, sample_rate,
+                 log_level, web):
+    """Serve a Talker over HTTP (POST /v1/audio/speech: mp3, opus, aac, flac, wav, pcm)."""
     import uvicorn
 
     from ..server.security import uvicorn_config
-    from ..server.talker import SpeechLimits, create_talker_app
+    from ..server.talker import SpeechLimits, create_talker_app, parse_sample_rate
     from .serve import checked
     from .voice import make_talker
 
+    try:
+        rate = parse_sample_rate(sample_rate)
+    except ValueError as e:
+        raise click.UsageError(f"--sample-rate: {e}") from None
     security = web.security(host)
     server_limits = web.limits()
     limits = checked(SpeechLimits, max_input_chars=max_input_chars, max_piece_chars=max_piece_chars,
@@ -69,8 +77,9 @@ def serve_talker(talker_name, voice, lang, url, config_path, host, port, max_inp
         talker = build_talker(cfg.talker)
     else:
         talker = make_talker(talker_name or "piper", voice=voice, lang=lang, url=url)
-    app = create_talker_app(talker, security=security, limits=limits)
-    click.echo(f"serving the {talker.name} Talker ({talker.sample_rate} Hz) at "
+    app = create_talker_app(talker, security=security, limits=limits, sample_rate=rate)
+    click.echo(f"serving the {talker.name} Talker ({talker.sample_rate} Hz, answers at "
+               f"{rate or talker.sample_rate} Hz) at "
                f"http://{host}:{port}/v1/audio/speech" + (" with a token" if web.token else ""),
                err=True)
     web.warn_if_exposed(host)

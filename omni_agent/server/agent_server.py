@@ -9,6 +9,7 @@ metrics use the official ``prometheus-client``. Endpoints::
     POST /v1/turn      one text turn   {"text": "...", "session_id"?: "...", "audio"?: true}
     POST /v1/voice     one voice turn  (body: an audio file; ?session_id=...&audio=1)
     WS   /v1/live      a live session: PCM audio in, events and audio out (docs/protocol.md)
+    WS   /v1/realtime  an OpenAI Realtime-compatible session (docs/api-realtime.md)
 
 ::
 
@@ -92,7 +93,9 @@ class ServerConfig:
       disconnected.
     * ``live`` — defaults for live sessions (VAD timing, barge-in); a client may change
       its own with a ``configure`` message.
-    * ``forget_on_close`` — drop a live session's history when its socket closes.
+    * ``forget_on_close`` — drop a live session's history when its socket closes (not a
+      session the client named with ``?session_id=``, nor while the server drains: those
+      may resume, on another replica too).
     * ``send_timeout`` — seconds one message to a live client may take to send; a client
       that stops reading is disconnected after that (its slot is freed).
     * ``max_http_turns_per_client`` / ``max_http_turns`` — HTTP turns running at once, per
@@ -251,6 +254,7 @@ class AgentServer:
                 Route("/v1/turn", self._text_turn, methods=["POST"]),
                 Route("/v1/voice", self._voice_turn, methods=["POST"]),
                 WebSocketRoute("/v1/live", self._live),
+                WebSocketRoute("/v1/realtime", self._realtime),
                 Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
             ],
             lifespan=self._lifespan,
@@ -367,8 +371,9 @@ class AgentServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> Any:
-        # The server's own task: one watchdog over every live connection's sends.
-        async with task_group() as tg:
+        # The server's own task: one watchdog over every live connection's sends. The agent
+        # is entered for the server's life: its MCP servers (docs/mcp.md) run in its group.
+        async with self.agent, task_group() as tg:
             tg.start_soon(self._watch_sends)
             try:
                 yield
@@ -655,7 +660,7 @@ class AgentServer:
         names = {f.name for f in fields(LiveConfig)} - {"max_turn_seconds"}
         binary = True
         for k, v in query.items():
-            if k == "token":
+            if k in ("token", "session_id"):
                 continue
             if k == "audio_out":
                 if v not in ("binary", "base64"):
@@ -667,6 +672,12 @@ class AgentServer:
                                   f"{', '.join(sorted(names))}")
             changes[k] = _parse_value(k, v)
         return replace(cfg, **changes).check(), binary
+
+    async def _realtime(self, ws: WebSocket) -> None:
+        """An OpenAI Realtime-compatible session (omni_agent/server/realtime.py)."""
+        from .realtime import serve_realtime
+
+        await serve_realtime(self, ws)
 
     async def _live(self, ws: WebSocket) -> None:
         client = ws.client.host if ws.client else "unknown"
@@ -700,7 +711,19 @@ class AgentServer:
             except OmniAgentError as e:
                 await self._refuse_ws(ws, WS_TRY_LATER, "no_vad", str(e))
                 return
-        sid = secrets.token_hex(8)
+        # ?session_id= resumes a conversation (after a reconnect, maybe to another replica
+        # sharing the history store); such a session is the client's: its socket closing
+        # does not forget it. A server-made id is forgotten with its socket, unless the
+        # server is draining (its client may resume on another replica).
+        resumed = ws.query_params.get("session_id")
+        if resumed is not None and not _SESSION_ID.match(resumed):
+            await self._refuse_ws(ws, WS_POLICY, "bad_parameter", "session_id must be 1-64 letters, digits or _.:-")
+            return
+        if resumed is not None and resumed in self._in_use:
+            await self._refuse_ws(ws, WS_POLICY, "session_busy", f"session {resumed!r} is busy here (a turn "
+                                  "is running or it is live on another socket): close that one first")
+            return
+        sid = resumed or secrets.token_hex(8)
         self._in_use.add(sid)
         self._per_client[client] += 1
         session = self.agent.session(sid)
@@ -735,7 +758,8 @@ class AgentServer:
             self._conns.discard(conn)
             self._in_use.discard(sid)
             _release(self._per_client, client)
-            self.agent.close_session(sid, forget=self.config.forget_on_close)
+            await self.agent.aclose_session(
+                sid, forget=self.config.forget_on_close and resumed is None and not self.draining)
             if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
                 code, reason = conn.close_reason or (1000, "")
                 with contextlib.suppress(Exception):

@@ -1,35 +1,51 @@
 """The Talker as its own service: an OpenAI-compatible ``POST /v1/audio/speech``.
 
 Any Talker (Piper, espeak-ng, a remote one, your own) can run in its own process; an
-agent elsewhere reaches it with :class:`~omni_agent.talkers.openai.OpenAITalker`::
+agent elsewhere reaches it with :class:`~omni_agent.talkers.openai.OpenAITalker`, and any
+OpenAI client (``client.audio.speech.create``) works unchanged::
 
     app = create_talker_app(PiperTalker())
     uvicorn.Server(uvicorn_config(app, port=8002)).run()    # or: omni-agent serve talker
 
-Request body (JSON, validated by :class:`SpeechRequest`), as OpenAI's speech endpoint:
-``input`` (text, required), ``model`` and ``voice`` (accepted; ``voice`` picks one of
-several talkers when the app was made with a dict), ``response_format`` ``"pcm"`` (raw int16
-mono) or ``"wav"`` (default), ``speed`` and ``instructions`` (accepted, not applied), plus
-the extension ``language`` (picks the espeak-ng voice, for instance).
+Request body (JSON, validated by :class:`SpeechRequest`), as OpenAI's speech endpoint
+(docs/api-speech.md has the table of what is served):
 
-The body streams: the first audio leaves as soon as the Talker has it. Long text is spoken
-in pieces of at most ``SpeechLimits.max_piece_chars`` characters, cut at sentence, then
-clause, then word boundaries (:func:`speech_pieces`), one after another — a synthesizer's
-memory grows with the length of what it is given at once (Piper: 3.4 GB for 4,092
-unpunctuated characters). At most ``max_concurrent`` syntheses run at once; others wait up
-to ``queue_timeout`` seconds (then 503), and beyond ``max_waiting`` waiters a request gets
-429 at once. Responses carry ``X-Sample-Rate``. Errors are JSON ``{"error": {"message",
+* ``input`` (text, required); ``model`` (accepted); ``voice`` picks one of several talkers
+  when the app was made with a dict (other names, like OpenAI's "alloy", get the default);
+* ``response_format`` — ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg), ``aac``
+  (ADTS), ``flac``, ``wav`` or ``pcm`` (raw int16 mono), all at 24 kHz like OpenAI's
+  (``create_talker_app(sample_rate=None)`` keeps the Talker's own rate), encoded with
+  PyAV in a worker thread (:class:`~omni_agent.audio_encode.SpeechEncoder`);
+* ``speed`` 0.25-4.0 — the Talker's own pace where it has one
+  (:class:`~omni_agent.talker.SpeedControl`: Piper's length scale, espeak-ng's rate), else,
+  and beyond its range, FFmpeg's ``atempo`` time-stretch (pitch kept);
+* ``stream_format`` ``"audio"`` (``"sse"`` is refused); ``instructions`` (accepted, not
+  applied: no embedded voice takes instructions); the extension ``language`` (picks the
+  espeak-ng voice, for instance).
+
+The body streams: the first audio leaves as soon as the Talker has it. WAV and FLAC state
+their length in the header, so they stream (with an open length) only when the request
+says ``stream_format: "audio"``; otherwise the whole file is made first and sent with its
+true sizes and a ``Content-Length``. Long text is spoken in pieces of at most
+``SpeechLimits.max_piece_chars`` characters, cut at sentence, then clause, then word
+boundaries (:func:`speech_pieces`), one after another — a synthesizer's memory grows with
+the length of what it is given at once (Piper: 3.4 GB for 4,092 unpunctuated characters).
+At most ``max_concurrent`` syntheses (and so encoders) run at once; others wait up to
+``queue_timeout`` seconds (then 503), and beyond ``max_waiting`` waiters a request gets 429
+at once. Responses carry ``X-Sample-Rate``. Errors are JSON ``{"error": {"message",
 "type", ...}}`` with status 400 (bad request), 413 (body too large), 429/503 (busy) or 500
-(synthesis failed), decided before any audio is sent.
+(synthesis failed), decided before any audio is sent. ``GET /metrics`` is Prometheus text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Mapping
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,18 +53,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..audio import wav_stream_header
+from ..audio import float_to_pcm16, pcm16_to_float, resample
+from ..audio_encode import OPENAI_SAMPLE_RATE, RESPONSE_FORMATS, SpeechEncoder
 from ..events import AudioChunk, Utterance
-from ..talker import Talker
+from ..talker import SpeedControl, Talker
 from .security import InvalidJSON, WebSecurity, parse_json, security_middleware
 from .wire import WireModel, explain, route_errors
 
-__all__ = ["create_talker_app", "MAX_INPUT_CHARS", "SpeechLimits", "SpeechRequest", "speech_pieces"]
+__all__ = ["create_talker_app", "MAX_INPUT_CHARS", "SpeechLimits", "SpeechRequest", "parse_sample_rate",
+           "speech_pieces"]
 
 #: Longest input accepted per request (OpenAI's limit too).
 MAX_INPUT_CHARS = 4096
 
-_FORMATS = {"pcm": "audio/pcm", "wav": "audio/wav"}
 
 
 class SpeechLimits(BaseModel):
@@ -79,7 +96,7 @@ class SpeechRequest(WireModel):
     input: str
     model: str | None = None
     voice: str | None = None
-    response_format: str = "wav"
+    response_format: str = "mp3"  # OpenAI's default
     speed: float | None = Field(default=None, ge=0.25, le=4.0)
     instructions: str | None = None
     stream_format: Literal["audio"] | None = None
@@ -162,6 +179,11 @@ class _SynthesisGate:
         self._sem: anyio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def active(self) -> int:
+        """Syntheses holding a slot now."""
+        return self.limits.max_concurrent - self._sem.value if self._sem is not None else 0
+
     def _semaphore(self) -> anyio.Semaphore:
         loop = asyncio.get_running_loop()  # one per event loop (tests run several)
         if self._sem is None or self._loop is not loop:
@@ -217,6 +239,40 @@ class _SpeechResponse(StreamingResponse):
             await self._on_close()
 
 
+# ---------------------------------------------------------------------------- metrics
+
+
+class _Metrics:
+    """The Talker server's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self, gate: _SynthesisGate):
+        r = self.registry = CollectorRegistry()
+        lat = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.requests = Counter("omni_agent_talker_requests", "Speech requests answered, by "
+                                "response format and HTTP status", ["format", "status"], registry=r)
+        self.rejected = Counter("omni_agent_talker_rejected", "Speech requests refused, by reason",
+                                ["reason"], registry=r)
+        self.first_byte = Histogram("omni_agent_talker_time_to_first_byte_seconds",
+                                    "Request read to the first audio byte handed to the server",
+                                    ["format"], buckets=lat, registry=r)
+        self.answer = Histogram("omni_agent_talker_answer_seconds",
+                                "Request read to the last audio byte handed to the server",
+                                ["format"], buckets=lat, registry=r)
+        self.audio = Counter("omni_agent_talker_audio_seconds", "Seconds of speech synthesized",
+                             ["format"], registry=r)
+        self.bytes = Counter("omni_agent_talker_bytes", "Encoded audio bytes sent", ["format"],
+                             registry=r)
+        active = Gauge("omni_agent_talker_active_syntheses", "Syntheses running now", registry=r)
+        active.set_function(lambda: gate.active)
+        waiting = Gauge("omni_agent_talker_waiting_requests", "Requests waiting for a synthesis slot",
+                        registry=r)
+        waiting.set_function(lambda: gate.waiting)
+
+    def refuse(self, fmt: str, status: int, reason: str) -> None:
+        self.requests.labels(fmt, str(status)).inc()
+        self.rejected.labels(reason).inc()
+
+
 # ---------------------------------------------------------------------------- the app
 
 
@@ -232,16 +288,53 @@ def _explain(err: Any) -> str:
     return explain(err, ranges={"speed": (0.25, 4.0)})[0]
 
 
+def parse_sample_rate(value: str) -> int | None:
+    """A sample rate as a client or the CLI writes it: Hz (8000-96000), or ``native`` (None:
+    the Talker's own rate). Raises ValueError saying what to give."""
+    text = value.strip().lower()
+    if text == "native":
+        return None
+    if text.isdigit() and 8000 <= int(text) <= 96000:
+        return int(text)
+    raise ValueError(f"a sample rate is a number of Hz (8000-96000) or 'native' (the Talker's "
+                     f"own rate), not {value[:20]!r}")
+
+
+def _asked_rate(header: str | None, default: int | None) -> int | None:
+    """The rate a request asks for in its ``X-Sample-Rate`` header (an extension OpenAI's
+    servers ignore); ``default`` without one."""
+    if header is None:
+        return default
+    try:
+        return parse_sample_rate(header)
+    except ValueError as e:
+        raise ValueError(f"the X-Sample-Rate header: {e}") from None
+
+
+def _at_speed(tk: Talker, speed: float | None) -> tuple[Talker, float]:
+    """``tk`` at ``speed`` as far as it goes natively, and the time-stretch left to do."""
+    if speed is None or abs(speed - 1.0) < 1e-9:
+        return tk, 1.0
+    if isinstance(tk, SpeedControl):
+        lo, hi = tk.speed_range
+        native = min(max(speed, lo), hi)
+        return tk.with_speed(native), speed / native
+    return tk, speed
+
+
 def create_talker_app(talker: Talker | Mapping[str, Talker], *,
                       default_voice: str | None = None,
                       security: WebSecurity | None = None,
-                      limits: SpeechLimits | None = None) -> Starlette:
+                      limits: SpeechLimits | None = None,
+                      sample_rate: int | None = OPENAI_SAMPLE_RATE) -> Starlette:
     """A Starlette app serving ``talker`` (or several, keyed by voice name).
 
     Unknown ``voice`` names (OpenAI clients send "alloy" by default) use the default
     talker. ``security`` is the web-safety layer (default: loopback Host names and origins,
     no token; see :class:`~omni_agent.server.security.WebSecurity`); ``limits`` bound input,
-    piece length and concurrent syntheses (:class:`SpeechLimits`).
+    piece length and concurrent syntheses (:class:`SpeechLimits`). ``sample_rate`` is the
+    rate of every answer (24000, OpenAI's; None: the Talker's own, so ``pcm`` and ``wav``
+    pass its samples through unchanged).
     """
     talkers: dict[str, Talker] = dict(talker) if isinstance(talker, Mapping) else {talker.name: talker}
     if not talkers:
@@ -249,65 +342,129 @@ def create_talker_app(talker: Talker | Mapping[str, Talker], *,
     default = default_voice or next(iter(talkers))
     if default not in talkers:
         raise ValueError(f"default_voice {default!r} is not one of {sorted(talkers)}")
+    if sample_rate is not None and not 8000 <= sample_rate <= 96000:
+        raise ValueError(f"sample_rate must be between 8000 and 96000 Hz (or None), not {sample_rate}")
     limits = limits or SpeechLimits()
     gate = _SynthesisGate(limits)
+    metrics = _Metrics(gate)
 
     async def speech(request: Request) -> Response:
+        t0 = time.perf_counter()
         try:
             body = parse_json(await request.body(), max_depth=limits.max_json_depth)
         except InvalidJSON as e:
+            metrics.refuse("unknown", 400, "bad_request")
             return _error(400, f"the body must be JSON: {{\"input\": \"text to speak\", ...}} ({e})")
         if not isinstance(body, dict):
+            metrics.refuse("unknown", 400, "bad_request")
             return _error(400, "the body must be a JSON object")
         try:
             req = SpeechRequest.model_validate(body)
         except ValidationError as e:
+            metrics.refuse("unknown", 400, "bad_request")
             return _error(400, _explain(e.errors(include_url=False)[0]))
         text = req.input
+        fmt = req.response_format
+        if fmt not in RESPONSE_FORMATS:
+            metrics.refuse("unknown", 400, "bad_format")
+            return _error(400, f"response_format {fmt!r} is not served here: use one of "
+                               f"{', '.join(RESPONSE_FORMATS)}", param="response_format")
         if not text.strip():
+            metrics.refuse(fmt, 400, "bad_request")
             return _error(400, "'input' is required: the text to speak (a non-empty string)")
         if len(text) > limits.max_input_chars:
+            metrics.refuse(fmt, 400, "input_too_long")
             return _error(400, f"'input' is {len(text)} characters; at most "
                                f"{limits.max_input_chars} are accepted", param="input")
-        if req.response_format not in _FORMATS:
-            return _error(400, f"response_format {req.response_format!r} is not served here: "
-                               "use 'pcm' or 'wav'", param="response_format")
+        try:
+            out_rate = _asked_rate(request.headers.get("x-sample-rate"), sample_rate)
+        except ValueError as e:
+            metrics.refuse(fmt, 400, "bad_request")
+            return _error(400, str(e), param="X-Sample-Rate")
         tk = talkers.get(req.voice) if req.voice is not None else None
         tk = tk or talkers[default]
         lang = req.language or req.lang
+        # WAV and FLAC headers state the length: stream them only when asked to.
+        complete = RESPONSE_FORMATS[fmt].sized_header and req.stream_format != "audio"
 
         try:
             release = await gate.acquire()
         except _Busy as e:
+            metrics.refuse(fmt, e.status, "busy")
             return _error(e.status, str(e), "server_busy", code="server_busy",
                           headers={"Retry-After": "2"})
-        chunks = _speak_pieces(tk, speech_pieces(text, limits.max_piece_chars), lang)
+        try:
+            # in a worker thread: a Talker may measure itself the first time (Piper does)
+            spoken, tempo = await anyio.to_thread.run_sync(_at_speed, tk, req.speed)
+        except Exception as e:  # noqa: BLE001 - a Talker's own refusal, before any byte
+            release()
+            metrics.refuse(fmt, 500, "talker_error")
+            return _error(500, f"{tk.name} cannot speak at speed {req.speed}: {e}", "talker_error")
+        chunks = _speak_pieces(spoken, speech_pieces(text, limits.max_piece_chars), lang)
+        encoder: SpeechEncoder | None = None
 
         async def close() -> None:
-            await _close(chunks)
-            release()
+            try:
+                await _close(chunks)
+            finally:
+                if encoder is not None:
+                    encoder.close()  # frees the codec; writes nothing more (quick)
+                release()
 
         try:
             first: AudioChunk | None = await anext(chunks, None)
+            rate = first.sample_rate if first is not None else tk.sample_rate
+            encoder = await anyio.to_thread.run_sync(
+                lambda: SpeechEncoder(fmt, rate, out_rate=out_rate, tempo=tempo, complete=complete))
+            if complete:
+                # Whole file first (bounded by max_input_chars): a failure is still a JSON 500.
+                data = await _encode_all(encoder, first, chunks, rate, request, metrics, fmt)
         except Exception as e:  # noqa: BLE001 - before any byte is sent: a clean JSON error
             await close()
+            metrics.refuse(fmt, 500, "talker_error")
             return _error(500, f"{tk.name} could not synthesize the input: {e}", "talker_error")
         except BaseException:
             await close()
             raise
-        rate = first.sample_rate if first is not None else tk.sample_rate
+        assert encoder is not None
+        headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Talker": tk.name,
+                   "Cache-Control": "no-store"}
+        if complete:
+            await close()
+            if data is None:  # the client hung up while the file was being made: nobody reads this
+                metrics.refuse(fmt, 499, "client_gone")
+                return Response(b"", status_code=499)
+            metrics.requests.labels(fmt, "200").inc()
+            metrics.first_byte.labels(fmt).observe(time.perf_counter() - t0)
+            metrics.answer.labels(fmt).observe(time.perf_counter() - t0)
+            metrics.bytes.labels(fmt).inc(len(data))
+            return Response(data, media_type=encoder.media_type, headers=headers)
 
         async def body_iter() -> AsyncIterator[bytes]:
-            if req.response_format == "wav":
-                yield wav_stream_header(rate)
-            if first is not None and first.pcm:
-                yield first.pcm
-            async for chunk in chunks:
-                if chunk.pcm:
-                    yield chunk.pcm
+            assert encoder is not None
+            sent = 0
 
-        headers = {"X-Sample-Rate": str(rate), "X-Talker": tk.name, "Cache-Control": "no-store"}
-        return _SpeechResponse(body_iter(), media_type=_FORMATS[req.response_format],
+            async def out(data: bytes) -> AsyncIterator[bytes]:
+                nonlocal sent
+                if data:
+                    if not sent:
+                        metrics.first_byte.labels(fmt).observe(time.perf_counter() - t0)
+                    sent += len(data)
+                    metrics.bytes.labels(fmt).inc(len(data))
+                    yield data
+
+            if first is not None:
+                async for b in out(await _feed(encoder, first, rate, metrics, fmt)):
+                    yield b
+            async for chunk in chunks:
+                async for b in out(await _feed(encoder, chunk, rate, metrics, fmt)):
+                    yield b
+            async for b in out(await anyio.to_thread.run_sync(encoder.finish)):
+                yield b
+            metrics.answer.labels(fmt).observe(time.perf_counter() - t0)
+
+        metrics.requests.labels(fmt, "200").inc()
+        return _SpeechResponse(body_iter(), media_type=encoder.media_type,
                                headers=headers, on_close=close)
 
     async def models(_request: Request) -> Response:
@@ -318,15 +475,45 @@ def create_talker_app(talker: Talker | Mapping[str, Talker], *,
     async def health(_request: Request) -> Response:
         return JSONResponse({"status": "ok", "talkers": sorted(talkers)})
 
+    async def metrics_page(_request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/v1/audio/speech", speech, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
         ],
-        exception_handlers=route_errors(_error, "POST /v1/audio/speech, GET /v1/models and GET /health"),
+        exception_handlers=route_errors(
+            _error, "POST /v1/audio/speech, GET /v1/models, GET /health and GET /metrics"),
         middleware=security_middleware(security, default_max_body_bytes=limits.max_body_bytes),
     )
+
+
+async def _feed(encoder: SpeechEncoder, chunk: AudioChunk, rate: int, metrics: _Metrics,
+                fmt: str) -> bytes:
+    """One chunk through the encoder, in a worker thread (encoding is CPU work)."""
+    if not chunk.pcm:
+        return b""
+    pcm = chunk.pcm
+    if chunk.sample_rate != rate:  # a Talker that changed rate mid-answer: keep one stream
+        pcm = float_to_pcm16(resample(pcm16_to_float(pcm), chunk.sample_rate, rate))
+    metrics.audio.labels(fmt).inc(len(pcm) / 2 / rate)
+    return await anyio.to_thread.run_sync(encoder.feed, pcm)
+
+
+async def _encode_all(encoder: SpeechEncoder, first: AudioChunk | None,
+                      chunks: AsyncIterator[AudioChunk], rate: int, request: Request,
+                      metrics: _Metrics, fmt: str) -> bytes | None:
+    """The whole answer as one file; None when the client hung up meanwhile."""
+    if first is not None:
+        await _feed(encoder, first, rate, metrics, fmt)
+    async for chunk in chunks:
+        if await request.is_disconnected():
+            return None
+        await _feed(encoder, chunk, rate, metrics, fmt)
+    return await anyio.to_thread.run_sync(encoder.finish)
 
 
 async def _speak_pieces(tk: Talker, pieces: list[str], lang: str | None) -> AsyncIterator[AudioChunk]:

@@ -8,7 +8,10 @@ process), and with other servers speaking the same API::
                           voice="alloy", api_key=os.environ["OPENAI_API_KEY"])
 
 The response body is read as it arrives and turned into audio chunks at once, so audio
-starts before the server has finished. ``response_format`` is ``"pcm"`` (raw int16 mono;
+starts before the server has finished. Each request asks, in the ``X-Sample-Rate``
+header, for the served Talker's own rate (``omni-agent serve talker`` then sends its
+samples unchanged instead of OpenAI's 24 kHz; OpenAI ignores the header), and for ``wav``
+sets ``stream_format: "audio"`` (our server makes a whole file with true sizes otherwise). ``response_format`` is ``"pcm"`` (raw int16 mono;
 the rate comes from the ``X-Sample-Rate`` header when the server sends one, else
 ``sample_rate``, 24000 for OpenAI) or ``"wav"`` (the rate is read from the header).
 The last chunk of each utterance is an empty one marked ``final``.
@@ -78,7 +81,9 @@ class OpenAITalker:
     ``base_url`` ends in ``/v1``. ``api_key`` defaults to ``$OPENAI_API_KEY`` (sent only
     when set). ``lang`` (or ``Utterance.lang``) is sent as ``language``, which
     ``omni-agent serve talker`` uses to pick a voice. ``extra`` adds fields to each
-    request body (``{"speed": 1.1}``, ``{"instructions": "..."}``). ``transport`` is an
+    request body (``{"instructions": "..."}``). ``speed`` (0.25-4.0) is sent as OpenAI's
+    ``speed``. ``rate`` is sent as the ``X-Sample-Rate`` request header (``"native"``: the
+    served Talker's own rate; a number of Hz; None: send none). ``transport`` is an
     httpx transport, for tests or custom networking.
     """
 
@@ -87,7 +92,8 @@ class OpenAITalker:
     def __init__(self, base_url: str = "http://127.0.0.1:8002/v1", *, model: str = "tts-1",
                  voice: str = "alloy", api_key: str | None = None, response_format: str = "pcm",
                  sample_rate: int = 24000, lang: str | None = None, timeout: float = 60.0,
-                 extra: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, speed: float | None = None,
+                 rate: int | str | None = "native",
                  transport: httpx.AsyncBaseTransport | None = None):
         if response_format not in ("pcm", "wav"):
             raise TalkerError(f"response_format {response_format!r} cannot stream as PCM: use 'pcm' or 'wav'")
@@ -101,6 +107,10 @@ class OpenAITalker:
         self.lang = lang
         self.timeout = timeout
         self.extra = dict(extra or {})
+        if speed is not None and not 0.25 <= speed <= 4.0:
+            raise TalkerError(f"speed must be between 0.25 and 4.0 (OpenAI's range), not {speed}")
+        self.speed = speed
+        self.rate = rate
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,13 +131,19 @@ class OpenAITalker:
         if not text:
             return
         body: dict[str, Any] = {"model": self.model, "input": text, "voice": self.voice,
-                                "response_format": self.response_format, **self.extra}
+                                "response_format": self.response_format}
+        if self.speed is not None:
+            body["speed"] = self.speed
+        if self.response_format == "wav":
+            body["stream_format"] = "audio"
+        body.update(self.extra)
         lang = utterance.lang or self.lang
         if lang:
             body["language"] = lang
         client = self._http()
         try:
-            async with client.stream("POST", self.url, json=body) as resp:
+            headers = {"X-Sample-Rate": str(self.rate)} if self.rate is not None else {}
+            async with client.stream("POST", self.url, json=body, headers=headers) as resp:
                 if resp.status_code >= 400:
                     detail = (await resp.aread()).decode("utf-8", "replace")[:500]
                     raise TalkerError(f"the TTS server at {self.url} answered {resp.status_code}: {detail}")

@@ -9,9 +9,17 @@ streams from it over httpx (with ``httpx-sse`` parsing the event stream)::
 
 Text arrives as :class:`~omni_agent.events.TextDelta`, reasoning (``reasoning_content``)
 as :class:`ReasoningDelta`, and tool calls, whose names and arguments servers send in
-pieces, as complete :class:`ToolCall` events. Images, audio and video in the user's turn
-become ``image_url`` / ``input_audio`` (or ``audio_url``) / ``video_url`` content parts;
-local bytes travel as base64 data URLs.
+pieces, as complete :class:`ToolCall` events. The last event is a
+:class:`~omni_agent.events.Finish` with the server's ``finish_reason`` ("stop", "length",
+"tool_calls") and the token counts when the server sends usage. Images, audio and video in
+the user's turn become ``image_url`` / ``input_audio`` (or ``audio_url``) / ``video_url``
+content parts; local bytes travel as base64 data URLs. ``request.response_format`` and
+``request.logprobs`` are passed on; returned logprobs arrive on ``TextDelta.logprobs``.
+
+Server quirks handled (seen on llama.cpp's ``llama_cpp.server``): a stream that ends with
+neither ``[DONE]`` nor a ``finish_reason`` is a failure (the server hit an error after it
+had sent its 200, e.g. a streamed tool choice it cannot do), not an empty answer; a tool
+name repeated whole in every delta is kept once; a server that sends no usage is fine.
 
 Subclasses (e.g. the vLLM-Omni backend) customise one step by overriding
 :meth:`OpenAIThinker.build_body`, :meth:`OpenAIThinker.content_part`,
@@ -36,7 +44,8 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from ..errors import ConfigError, ThinkerError, UnsupportedInputError
-from ..events import AudioPart, Event, ImagePart, Part, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
+from ..events import (AudioPart, Event, Finish, ImagePart, Part, ReasoningDelta, TextDelta, TextPart, ToolCall,
+                      VideoPart)
 from ..thinker import Message, ThinkerRequest
 
 __all__ = ["OpenAIThinker", "StreamState", "data_url", "parse_data_url", "guess_mime"]
@@ -127,6 +136,7 @@ class StreamState:
     usage: dict[str, Any] | None = None
     model: str | None = None
     chunks: int = 0
+    done: bool = False  # the server sent "data: [DONE]"
     extra: dict[str, Any] = field(default_factory=dict)  # for subclasses
 
 
@@ -148,6 +158,8 @@ class OpenAIThinker:
     """
 
     name = "openai"
+    #: Passed on to the server, which keeps them (or says it cannot, with its own error).
+    supports = frozenset({"response_format", "tool_choice", "logprobs"})
 
     def __init__(self, base_url: str = "http://localhost:8000/v1", model: str | None = None, *,
                  api_key: str | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -370,6 +382,12 @@ class OpenAIThinker:
             body["seed"] = s.seed
         if self.streaming and self.include_usage:
             body["stream_options"] = {"include_usage": True}
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        if request.logprobs is not None:
+            body["logprobs"] = True
+            if request.logprobs > 0:
+                body["top_logprobs"] = int(request.logprobs)
         if request.tools:
             body["tools"] = request.tools
             tc = request.tool_choice
@@ -403,7 +421,7 @@ class OpenAIThinker:
                 if reasoning:
                     out.append(ReasoningDelta(reasoning))
                 if delta.get("content"):
-                    out.append(TextDelta(delta["content"]))
+                    out.append(TextDelta(delta["content"], logprobs=_logprobs(choice)))
                 audio = delta.get("audio")
                 if isinstance(audio, dict):
                     out.extend(self.media_delta("audio", {"audio": audio}, chunk, state))
@@ -430,8 +448,10 @@ class OpenAIThinker:
         if tc.get("id"):
             slot["id"] = tc["id"]
         fn = tc.get("function") or {}
-        if fn.get("name"):
-            slot["name"] += fn["name"]  # some servers split the name too
+        name = fn.get("name")
+        # Some servers split the name too; llama.cpp's repeats it whole in every delta.
+        if name and name != slot["name"]:
+            slot["name"] += name
         if fn.get("arguments"):
             args = fn["arguments"]
             slot["arguments"].append(args if isinstance(args, str) else json.dumps(args))
@@ -449,8 +469,14 @@ class OpenAIThinker:
         return out
 
     def finish(self, state: StreamState) -> list[Event]:
-        """Events still owed when the stream ends (tool calls without a finish_reason)."""
-        return self._flush_tool_calls(state)
+        """Events still owed when the stream ends: tool calls the server never closed with
+        a finish_reason, then the :class:`Finish` (reason and token counts)."""
+        out = self._flush_tool_calls(state)
+        reason = state.finish_reason or ("tool_calls" if state.tool_calls else "stop")
+        usage = state.usage if isinstance(state.usage, dict) else {}
+        out.append(Finish(reason=reason, prompt_tokens=_count(usage.get("prompt_tokens")),
+                          completion_tokens=_count(usage.get("completion_tokens"))))
+        return out
 
     def parse_completion(self, obj: dict[str, Any], state: StreamState) -> list[Event]:
         """Events from a non-streaming ``chat.completion`` response."""
@@ -466,14 +492,14 @@ class OpenAIThinker:
             if reasoning:
                 out.append(ReasoningDelta(reasoning))
             if msg.get("content"):
-                out.append(TextDelta(msg["content"]))
+                out.append(TextDelta(msg["content"], logprobs=_logprobs(choice)))
             if isinstance(msg.get("audio"), dict):
                 out.extend(self.media_delta("audio", {"audio": msg["audio"]}, obj, state))
             for i, tc in enumerate(msg.get("tool_calls") or []):
                 fn = tc.get("function") or {}
                 self._add_tool_delta({"index": i, "id": tc.get("id"), "function": fn}, state)
             state.finish_reason = choice.get("finish_reason")
-        out.extend(self._flush_tool_calls(state))
+        out.extend(self.finish(state))
         return out
 
     # ------------------------------------------------------------------ the Thinker protocol
@@ -502,6 +528,7 @@ class OpenAIThinker:
                     if not data:
                         continue
                     if data == "[DONE]":
+                        state.done = True
                         break
                     try:
                         chunk = json.loads(data)
@@ -515,6 +542,14 @@ class OpenAIThinker:
                 # Not retried: part of the answer may already be on its way to the user.
                 raise ThinkerError(f"the stream from {self.chat_url} broke after {state.chunks} "
                                    f"chunks: {e or type(e).__name__}") from e
+            if not state.done and state.finish_reason is None:
+                # A 200 whose body simply stops: the server failed after it had answered.
+                raise ThinkerError(
+                    f"the stream from {self.chat_url} ended after {state.chunks} chunks with neither "
+                    "a finish_reason nor [DONE]: the server failed mid-answer (llama.cpp's server "
+                    "does this when it cannot do a streamed tool choice, e.g. tool_choice 'auto' "
+                    "under chatml-function-calling, or a tool name not in tools). See the server's "
+                    "log for the error.")
             for ev in self.finish(state):
                 yield self._stamp(ev, request)
         finally:
@@ -538,3 +573,14 @@ class OpenAIThinker:
 
 def _args_text(args: Any) -> str:
     return args if isinstance(args, str) else json.dumps(args)
+
+
+def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A choice's per-token logprobs (OpenAI's ``logprobs.content``), or None."""
+    lp = choice.get("logprobs")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    return [dict(t) for t in content if isinstance(t, dict)] if isinstance(content, list) else None
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None

@@ -12,6 +12,15 @@ Generation runs in one worker thread per Thinker, so the event loop never blocks
 reach the caller through a bounded queue as :class:`~omni_agent.events.TextDelta` events.
 Cancelling the consumer (barge-in) stops generation after the current token.
 
+Structured output is kept with constrained decoding (:mod:`omni_agent.thinkers.structured`):
+``request.response_format`` (``json_object`` / ``json_schema``) allows only tokens that keep
+the answer valid JSON of the schema, and a forced ``tool_choice`` ("required" or a tool's
+name) only a well-formed call of that tool. ``request.logprobs`` puts each token's
+log-probability (and the top alternatives) on the :class:`TextDelta` events. Every
+generation ends with a :class:`~omni_agent.events.Finish`: "length" when ``max_tokens`` (or
+the context) cut it, "tool_calls" when it called a tool, else "stop"; ``prompt_tokens``
+counts the templated prompt.
+
 GGUF weights are dequantized by transformers on load (slow: ~15 s for SmolLM2 on this
 kind of machine), so the dequantized model is cached under ``cache_dir`` on first load;
 later starts load the cache in about a second.
@@ -38,8 +47,9 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..bridge import WorkerClosed, from_thread
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
-from ..events import AudioPart, Event, ReasoningDelta, TextDelta, TextPart, ToolCall
+from ..events import AudioPart, Event, Finish, ReasoningDelta, TextDelta, TextPart, ToolCall
 from ..thinker import Message, ThinkerRequest
+from .structured import response_format_constraint, tool_choice_constraint
 
 __all__ = ["TransformersThinker", "embedded_gguf_path", "default_cache_dir"]
 
@@ -96,9 +106,15 @@ class TransformersThinker:
 
     The model loads lazily on the first :meth:`stream` (in the worker thread) or eagerly
     with :meth:`load`. A missing path raises :class:`ModelNotFoundError` at once.
+
+    ``supports`` says which request promises it keeps (a server refuses the others with a
+    400): ``response_format``, ``tool_choice`` (required / a named tool) and ``logprobs``.
+    ``max_concurrency`` is 1: one worker thread runs one generation at a time.
     """
 
     name = "transformers"
+    supports = frozenset({"response_format", "tool_choice", "logprobs"})
+    max_concurrency = 1
 
     def __init__(self, model: str | os.PathLike | None = None, *, gguf_file: str | None = None,
                  threads: int = 1, cache_dir: str | os.PathLike | None = None, cache: bool = True,
@@ -418,15 +434,20 @@ class TransformersThinker:
     # ------------------------------------------------------------------ generation
 
     async def stream(self, request: ThinkerRequest) -> AsyncIterator[Event]:
-        """Generate an answer to ``request.messages``, yielding events as tokens arrive."""
+        """Generate an answer to ``request.messages``, yielding events as tokens arrive.
+
+        Raises :class:`~omni_agent.thinkers.structured.StructuredOutputError` (an
+        :class:`UnsupportedInputError`) before generating when ``response_format`` or
+        ``tool_choice`` cannot be kept."""
         self._check_input(request)
+        constraints = self._constraints(request)
         loop = asyncio.get_running_loop()
         executor = self._worker()
         if self.model is None:
             await loop.run_in_executor(executor, self.load)
         stop = threading.Event()
         self._active.add(stop)
-        events = from_thread(lambda emit: self._generate(request, emit, stop),
+        events = from_thread(lambda emit: self._generate(request, emit, stop, constraints),
                              executor=executor, max_ahead=_QUEUE_SIZE)
         try:
             async for item in events:
@@ -440,8 +461,21 @@ class TransformersThinker:
             self._active.discard(stop)
             await events.aclose()
 
+    @staticmethod
+    def _constraints(request: ThinkerRequest) -> list[Callable[..., Any]]:
+        """The decoding constraints of ``request``: its own ``constraint`` (e.g. the tool
+        router's), else one for a forced ``tool_choice``, else one for ``response_format``
+        (a forced call is the whole answer, so the format does not apply to it)."""
+        if request.constraint is not None:
+            return [request.constraint]
+        forced = tool_choice_constraint(request.tools, request.tool_choice)  # None: not forced
+        if forced is not None:
+            return [forced]
+        made = response_format_constraint(request.response_format)
+        return [made] if made is not None else []
+
     def _generate(self, request: ThinkerRequest, send: Callable[[Any], bool],
-                  stop: threading.Event) -> None:
+                  stop: threading.Event, constraints: list[Callable[..., Any]]) -> None:
         """Runs in the worker thread: generate, handing each event to ``send`` (the bridge)."""
         def emit(item: Any) -> None:
             if stop.is_set() or send(item):
@@ -451,7 +485,7 @@ class TransformersThinker:
         if stop.is_set():
             return
         try:
-            self._run_generate(request, emit, stop)
+            self._run_generate(request, emit, stop, constraints)
         except _Stopped:
             return
         except (ThinkerError, UnsupportedInputError):
@@ -460,7 +494,7 @@ class TransformersThinker:
             raise ThinkerError(f"{self.model_name} failed while generating: {e}") from e
 
     def _run_generate(self, request: ThinkerRequest, emit: Callable[[Any], None],
-                      stop: threading.Event) -> None:
+                      stop: threading.Event, constraints: list[Callable[..., Any]]) -> None:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -492,14 +526,19 @@ class TransformersThinker:
             torch.manual_seed(int(s.seed))
 
         processors = LogitsProcessorList()
-        if request.constraint is not None:
-            made = request.constraint(tok)
+        # Log-probabilities are read before any constraint: they are the model's own
+        # (after temperature / top_p when sampling), not renormalised over allowed tokens.
+        recorder = _LogprobRecorder(tok, request.logprobs) if request.logprobs is not None else None
+        if recorder is not None:
+            processors.append(recorder)
+        for constraint in constraints:
+            made = constraint(tok)
             if made is not None:
                 processors.extend(made if isinstance(made, (list, tuple)) else [made])
 
         router = _TextRouter(stop_strings=list(s.stop),
                              parse_tools=bool(request.tools) and request.tool_choice != "none")
-        streamer = _Streamer(tok, router, emit, stop)
+        streamer = _Streamer(tok, router, emit, stop, recorder)
 
         class _Halt(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
@@ -513,8 +552,22 @@ class TransformersThinker:
                            stopping_criteria=StoppingCriteriaList([_Halt()]))
         if stop.is_set():
             raise _Stopped
-        for ev in router.finish():
-            emit(ev)
+        streamer.emit_all(router.finish())
+        emit(Finish(reason=self._finish_reason(router, streamer, max_new, gc.eos_token_id),
+                    prompt_tokens=int(n_prompt), completion_tokens=streamer.tokens))
+
+    @staticmethod
+    def _finish_reason(router: "_TextRouter", streamer: "_Streamer", max_new: int,
+                       eos: Any) -> str:
+        """OpenAI's finish_reason: a call made, else cut by the token limit, else stop."""
+        if router.n_calls:
+            return "tool_calls"
+        if router.done:  # a stop string ended it
+            return "stop"
+        ends = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        if streamer.tokens >= max_new and (not streamer.ids or streamer.ids[-1] not in ends):
+            return "length"
+        return "stop"
 
     async def aclose(self) -> None:
         """Stop the worker thread (running generation stops at the next token). The model
@@ -580,11 +633,13 @@ class _Streamer:
     """
 
     def __init__(self, tokenizer: Any, router: "_TextRouter", emit: Callable[[Any], None],
-                 stop: threading.Event):
+                 stop: threading.Event, logprobs: "_LogprobRecorder | None" = None):
         self.tok = tokenizer
         self.router = router
         self.emit = emit
         self.stop = stop
+        self.logprobs = logprobs
+        self.pending: list[dict[str, Any]] = []  # logprob entries not yet on a TextDelta
         self.ids: list[int] = []
         self.prefix = 0
         self.read = 0
@@ -597,15 +652,29 @@ class _Streamer:
             return
         if self.stop.is_set() or self.router.done:
             return
-        self.ids.extend(int(x) for x in value.reshape(-1).tolist())
+        new = [int(x) for x in value.reshape(-1).tolist()]
+        self.ids.extend(new)
         self.tokens += value.numel()
+        if self.logprobs is not None:
+            self.pending.extend(self.logprobs.entries(new))
         prev = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
         text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
         if len(text) > len(prev) and not text.endswith("\ufffd"):
             delta = text[len(prev):]
             self.prefix, self.read = self.read, len(self.ids)
-            for ev in self.router.feed(delta):
-                self.emit(ev)
+            self.emit_all(self.router.feed(delta))
+
+    def emit_all(self, events: list[Event]) -> None:
+        """Emit ``events``; the logprob entries gathered so far ride on the first text
+        delta (entries of tokens that became reasoning or a tool call are dropped: OpenAI
+        reports logprobs of the content only)."""
+        for ev in events:
+            if self.logprobs is not None and self.pending:
+                if isinstance(ev, TextDelta):
+                    ev.logprobs, self.pending = self.pending, []
+                else:
+                    self.pending = []
+            self.emit(ev)
 
     def end(self) -> None:
         if self.stop.is_set() or self.router.done:
@@ -613,8 +682,52 @@ class _Streamer:
         text = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
         prev = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
         if len(text) > len(prev):
-            for ev in self.router.feed(text[len(prev):].rstrip("\ufffd")):
-                self.emit(ev)
+            self.emit_all(self.router.feed(text[len(prev):].rstrip("\ufffd")))
+
+
+class _LogprobRecorder:
+    """A logits processor that changes nothing and remembers the step's log-probabilities,
+    so the streamer can report the chosen token's (and the ``top`` best) OpenAI-style.
+
+    generate() calls the processors, then picks the token, then hands it to the streamer:
+    the distribution kept here is always the one the streamed token came from."""
+
+    def __init__(self, tokenizer: Any, top: int):
+        self.tok = tokenizer
+        self.top = max(0, int(top))
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self.last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        self.last = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+    def _entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        text = self.tok.decode([token_id], skip_special_tokens=False)
+        lp = logprob if logprob > -1e30 else -9999.0  # OpenAI's floor for "impossible"
+        return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+
+    def entries(self, token_ids: list[int]) -> list[dict[str, Any]]:
+        """The entries of the tokens just chosen (special tokens such as EOS left out)."""
+        import torch
+
+        if self.last is None:
+            return []
+        out = []
+        for t in token_ids:
+            if t in self.special:
+                continue
+            e = self._entry(t, float(self.last[t]))
+            if self.top:
+                vals, idx = torch.topk(self.last, self.top)
+                e["top_logprobs"] = [self._entry(int(i), float(v))
+                                     for v, i in zip(vals.tolist(), idx.tolist())]
+            else:
+                e["top_logprobs"] = []
+            out.append(e)
+        return out
 
 
 class _TextRouter:

@@ -34,7 +34,8 @@ def error_of(resp: httpx.Response, status: int) -> dict:
 
 async def test_long_unpunctuated_input_reaches_the_talker_in_bounded_pieces_in_order():
     talker = RecordingTalker(16000, seconds_per_char=0.0005)
-    resp = await asgi(create_talker_app(talker), json={"input": UNPUNCTUATED, "response_format": "pcm"})
+    resp = await asgi(create_talker_app(talker), json={"input": UNPUNCTUATED, "response_format": "pcm"},
+                      headers={"x-sample-rate": "native"})  # the Talker's samples, not resampled
     assert resp.status_code == 200
     assert len(talker.spoken) > 1
     assert max(len(p) for p in talker.spoken) <= 200  # SpeechLimits().max_piece_chars
@@ -189,7 +190,7 @@ def test_the_openai_sdk_streams_speech_from_a_token_protected_server():
             pcm = r.read()
         with pytest.raises(openai.BadRequestError, match="at most 4096"):
             client.audio.speech.create(model="tts-1", voice="alloy", input="a" * 5000)
-    assert len(pcm) == int(len("Hello there.") * 0.01 * 16000) * 2
+    assert len(pcm) == int(len("Hello there.") * 0.01 * 24000) * 2  # OpenAI's pcm is 24 kHz
 
 
 def test_serve_talker_applies_the_token_limits_and_uvicorn_settings(monkeypatch):

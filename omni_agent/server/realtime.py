@@ -1,0 +1,308 @@
+"""The OpenAI Realtime-compatible WebSocket of the agent server: ``GET /v1/realtime``.
+
+An existing Realtime app (the official ``openai`` SDK's ``client.realtime.connect()``, or
+``client.beta.realtime.connect()``) connects with its base URL pointed at the agent
+server and talks to the same :class:`~omni_agent.live.LiveSession` as ``/v1/live``: the
+server's VAD finds the user's turns, barge-in cancels Thinker, tools and Talker, memory is
+cut to what was heard, and every response's audio has passed the bus (safety, PII, speech
+shaping) before it is sent. docs/api-realtime.md lists what is supported.
+
+This module is the transport only: admission (the server's token, session limits, the
+same Host/Origin checks as every route), one task reading the socket and one writing it,
+both owned by the connection's task group. The protocol itself — events in, events out —
+is :class:`~omni_agent.server.realtime_protocol.RealtimeProtocol`, sans-IO.
+
+Dialect: a client that sends ``OpenAI-Beta: realtime=v1`` (the SDK's ``beta`` client
+does) gets the beta event names and session shape; any other gets the GA ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+from dataclasses import replace
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ..errors import ConfigError, OmniAgentError
+from ..events import ErrorEvent, TurnEnd
+from ..live import LiveSession
+from ..tasks import task_group
+from .realtime_protocol import (
+    Cancel,
+    Command,
+    Configure,
+    DropSpeech,
+    EndTurn,
+    Feed,
+    RealtimeLimits,
+    RealtimeProtocol,
+    Submit,
+    Truncate,
+)
+
+if TYPE_CHECKING:
+    from .agent_server import AgentServer
+
+__all__ = ["serve_realtime", "realtime_dialect"]
+
+log = logging.getLogger(__name__)
+
+_MODEL = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+_PARAMS = {"model", "token"}
+
+
+def realtime_dialect(headers: Any) -> str:
+    """``"beta"`` when the client asked for the beta protocol (``OpenAI-Beta: realtime=v1``),
+    else ``"ga"``."""
+    beta = headers.get("openai-beta", "") or ""
+    return "beta" if "realtime=v1" in beta.replace(" ", "").lower() else "ga"
+
+
+async def _refuse(server: "AgentServer", ws: WebSocket, close_code: int, code: str, message: str) -> None:
+    """Accept, say why in a Realtime ``error`` event, close."""
+    server.metrics.rejected.labels(code).inc()
+    await ws.accept()
+    proto = RealtimeProtocol(dialect="ga")
+    with contextlib.suppress(Exception):
+        await ws.send_text(json.dumps(proto.error(code, message)))
+        await ws.close(close_code, f"{code}: {message}"[:120])
+
+
+async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
+    """One Realtime connection, from admission to close (the route's handler)."""
+    from .agent_server import (WS_POLICY, WS_TRY_LATER, _Conn, _release)
+
+    client = ws.client.host if ws.client else "unknown"
+    if not server._authorized(ws.headers, ws.query_params):
+        await _refuse(server, ws, WS_POLICY, "invalid_api_key",
+                      "missing or wrong token: send the agent server's token as the API key "
+                      "('Authorization: Bearer <token>') or as ?token=<token>")
+        return
+    if server.draining:
+        await _refuse(server, ws, WS_TRY_LATER, "shutting_down", "the server is shutting down")
+        return
+    cfg = server.config
+    if server._per_client[client] >= cfg.max_sessions_per_client:
+        await _refuse(server, ws, WS_POLICY, "too_many_sessions",
+                      f"this client already has {cfg.max_sessions_per_client} live sessions open: "
+                      "close one first")
+        return
+    if len(server._conns) >= cfg.max_sessions:
+        await _refuse(server, ws, WS_TRY_LATER, "server_full",
+                      "the server has no room for another session: try again later")
+        return
+    q = ws.query_params
+    unknown = set(q) - _PARAMS
+    if unknown:
+        await _refuse(server, ws, WS_POLICY, "invalid_parameter",
+                      f"unknown parameter(s) {sorted(unknown)[:5]}: /v1/realtime takes model (and token)")
+        return
+    model = q.get("model", "omni-agent")
+    if not _MODEL.match(model):
+        await _refuse(server, ws, WS_POLICY, "invalid_parameter",
+                      "model must be 1-128 letters, digits or _.:/-")
+        return
+    if server._vad is None:
+        try:
+            from ..live import default_vad
+
+            server._vad = await asyncio.to_thread(default_vad)
+        except OmniAgentError as e:
+            await _refuse(server, ws, WS_TRY_LATER, "no_vad", str(e))
+            return
+    vad = server._vad
+    live_cfg = replace(cfg.live, sample_rate=vad.sample_rate)
+    talker = server.agent.talker
+    proto = RealtimeProtocol(
+        dialect=realtime_dialect(ws.headers),  # type: ignore[arg-type]
+        model=model, live=live_cfg, input_rate=vad.sample_rate, has_talker=talker is not None,
+        limits=RealtimeLimits(max_message_bytes=cfg.max_message_bytes,
+                              max_buffer_seconds=min(300.0, cfg.max_audio_seconds)))
+    sid = secrets.token_hex(8)
+    server._in_use.add(sid)
+    server._per_client[client] += 1
+    session = server.agent.session(sid)
+    conn = _Conn(ws, LiveSession(session, vad=vad, config=live_cfg), client, False)
+    server._conns.add(conn)
+    link = _Link(server, conn, proto)
+    try:
+        await ws.accept()
+        await ws.send_text(json.dumps(proto.session_created()))
+        # The connection owns its tasks: the live session's turns, the sender and the
+        # receiver (this task). Whichever of sender and receiver ends first ends the
+        # connection; the block then cancels and awaits everything else.
+        async with conn.live, task_group() as tg:
+            conn.scope = tg.cancel_scope
+            tg.start_soon(link.send_loop, tg.cancel_scope)
+            await link.receive_loop()
+            tg.cancel_scope.cancel()
+    except WebSocketDisconnect:
+        pass
+    finally:
+        server._conns.discard(conn)
+        server._in_use.discard(sid)
+        _release(server._per_client, client)
+        # As /v1/live: forgotten with its socket, unless the server drains (it may resume elsewhere).
+        await server.agent.aclose_session(sid, forget=cfg.forget_on_close and not server.draining)
+        if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
+            code, reason = conn.close_reason or (1000, "")
+            with contextlib.suppress(Exception):
+                with anyio.move_on_after(1.0):
+                    await ws.close(code, reason[:120])
+
+
+class _Link:
+    """Moves one connection's bytes: socket -> protocol -> live session, and back."""
+
+    def __init__(self, server: "AgentServer", conn: Any, proto: RealtimeProtocol):
+        self.server, self.conn, self.proto = server, conn, proto
+        self.live: LiveSession = conn.live
+
+    # ------------------------------------------------------------------ in
+
+    async def receive_loop(self) -> None:
+        from .agent_server import WS_INTERNAL, _is_disconnect
+
+        try:
+            await self._receive()
+        except WebSocketDisconnect:
+            pass
+        except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
+            if not _is_disconnect(e):
+                log.exception("realtime receiver failed")
+                self.conn.close_reason = (WS_INTERNAL, f"server error while receiving: {type(e).__name__}")
+                self.server.metrics.errors.labels("receiver").inc()
+
+    async def _post(self, events: list[dict[str, Any]]) -> None:
+        if events:
+            # Through the live session's outbox: one writer, and our answers stay in order
+            # with the session's own events (a cancelled response's end after its speech_started).
+            await self.live.post({"type": "realtime", "events": events})
+
+    async def _receive(self) -> None:
+        from .agent_server import WS_POLICY
+
+        ws, proto, conn = self.conn.ws, self.proto, self.conn
+        limit = self.server.config.max_protocol_errors
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("text")
+            if data is None:
+                data = msg.get("bytes")
+                if data is None:
+                    continue
+            got = proto.receive(data)
+            for ev in got.events:
+                if ev["type"] == "error":
+                    conn.errors += 1
+                    self.server.metrics.rejected.labels(ev["error"]["code"]).inc()
+            await self._post(got.events)
+            for cmd in got.commands:
+                await self._apply(cmd)
+            if conn.errors >= limit:
+                # Said directly (bounded by send_timeout): the session ends right after.
+                await self.server._send_json(conn, proto.error(
+                    "too_many_errors", f"{conn.errors} refused events: closing the session"))
+                conn.close_reason = (WS_POLICY, "too many refused events")
+                return
+
+    async def _apply(self, cmd: Command) -> None:
+        live, proto = self.live, self.proto
+        t = type(cmd)
+        if t is Feed:
+            n = len(live.barge_in_times)
+            live.feed(cmd.pcm)
+            if len(live.barge_in_times) > n:  # the VAD heard the user over the reply
+                await self._post(proto.barge_in("turn_detected", self._running_turn()))
+        elif t is Submit:
+            if self.server.draining:
+                await self._post(proto.barge_in("shutting_down", None)
+                                 + [proto.error("shutting_down", "the server is shutting down: no new "
+                                                "responses")])
+                return
+            try:
+                live.submit(cmd.turn)
+            except OmniAgentError as e:
+                await self._post(proto.barge_in("failed", None) + [proto.error("server_error", str(e),
+                                                                                kind="server_error")])
+        elif t is Cancel:
+            orphan = self._running_turn()
+            live.barge_in("client")
+            await self._post(proto.barge_in("client_cancelled", orphan))
+        elif t is EndTurn:
+            if not live.end_turn():
+                self.conn.errors += 1
+                await self._post([proto.commit_failed(cmd.event_id)])
+        elif t is DropSpeech:
+            live.drop_speech()
+        elif t is Truncate:
+            live.report_playback(cmd.turn_id, cmd.played_ms, True, cut=True)
+        elif t is Configure:
+            try:
+                live.config = replace(live.config, **cmd.changes).check()
+            except ConfigError as e:  # checked by the protocol already; never silent
+                await self._post([proto.error("invalid_value", str(e))])
+
+    def _running_turn(self) -> int | None:
+        """The agent turn under way now (its events are ignored once its response is ended
+        early), or None while the live session is still before it (ASR)."""
+        s = self.live.session
+        return s.turn_id if s.busy else None
+
+    # ------------------------------------------------------------------ out
+
+    async def send_loop(self, scope: anyio.CancelScope) -> None:
+        from .agent_server import WS_INTERNAL, _is_disconnect
+
+        try:
+            await self._send()
+        except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
+            if not _is_disconnect(e):
+                log.exception("realtime sender failed")
+                self.conn.close_reason = (WS_INTERNAL, f"server error while sending: {type(e).__name__}")
+                self.server.metrics.errors.labels("sender").inc()
+        scope.cancel()
+
+    async def _send(self) -> None:
+        from .agent_server import _dumps
+
+        conn, m, proto = self.conn, self.server.metrics, self.proto
+        ws = conn.ws
+        async for msg in self.live.messages():
+            if isinstance(msg, dict):
+                kind = msg.get("type")
+                if kind == "latency":
+                    if msg.get("first_audio_ms") is not None:
+                        m.first_audio.labels("realtime").observe(msg["first_audio_ms"] / 1000)
+                    m.turn_seconds.labels("realtime").observe(msg["turn_ms"] / 1000)
+                    if msg.get("asr_ms"):
+                        m.asr.observe(msg["asr_ms"] / 1000)
+                elif kind == "trace":
+                    m.observe_trace(msg["trace"])
+                elif kind == "interruption":
+                    m.interruptions.inc()
+                    if msg.get("cancel_ms") is not None:
+                        m.cancel.observe(msg["cancel_ms"] / 1000)
+            elif type(msg) is TurnEnd:
+                m.turns.labels("realtime", msg.reason).inc()
+            elif type(msg) is ErrorEvent:
+                m.errors.labels(msg.stage or "unknown").inc()
+            events = proto.translate(msg)
+            for ev in events:
+                conn.sending = monotonic()
+                await ws.send_text(_dumps(ev))
+                conn.sending = 0.0
+            if events:
+                # Let other sessions run between chunks: under load every session's first
+                # audio goes out before anyone's tenth chunk.
+                await asyncio.sleep(0)
