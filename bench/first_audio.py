@@ -166,14 +166,13 @@ PROMPTS = [
 ]
 
 
-async def embedded(turns: int, threads: int) -> list[dict[str, float]]:
-    import torch
-
+async def embedded(turns: int, threads: int, engine: str = "auto") -> list[dict[str, float]]:
     from omni_agent.talkers.piper import PiperTalker
-    from omni_agent.thinkers.transformers import TransformersThinker
+    from omni_agent.thinkers.embedded import embedded_thinker
 
-    torch.set_num_threads(threads)
-    thinker = TimedThinker(TransformersThinker.default(threads=threads))
+    inner = embedded_thinker(engine=engine, threads=threads)
+    print(f"  Thinker engine: {inner.name}", flush=True)
+    thinker = TimedThinker(inner)
     talker = TimedTalker(PiperTalker(threads=1))
     agent = Agent(thinker=thinker, talker=talker, fallback=None,
                   system_prompt="You are a helpful assistant. Answer in one or two short sentences.",
@@ -238,7 +237,9 @@ def main() -> None:
     ap.add_argument("which", nargs="?", default="both", choices=["both", "scripted", "embedded"])
     ap.add_argument("--turns", type=int, default=None,
                     help="turns to measure (default: 500 scripted, 20 embedded)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the embedded Thinker")
+    ap.add_argument("--threads", type=int, default=1, help="threads for the embedded Thinker")
+    ap.add_argument("--engine", default="auto", choices=["auto", "llama-cpp", "transformers"],
+                    help="the embedded Thinker's engine (auto: llama.cpp when installed)")
     args = ap.parse_args()
     if args.which in ("both", "scripted"):
         n = args.turns or 500
@@ -249,7 +250,7 @@ def main() -> None:
     if args.which in ("both", "embedded"):
         n = args.turns or 20
         print(f"embedded Thinker (SmolLM2-135M) + Piper, {n} turns:", flush=True)
-        rows = asyncio.run(embedded(n, args.threads))
+        rows = asyncio.run(embedded(n, args.threads, args.engine))
         if not rows:
             print("  no turn produced audio")
             return

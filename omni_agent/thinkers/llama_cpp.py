@@ -37,9 +37,10 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..bridge import WorkerClosed, from_thread
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
-from ..events import AudioPart, Event, Finish, TextDelta, TextPart
-from ..thinker import Message, ThinkerRequest
-from .transformers import EMBEDDED_NAME, _TextRouter, embedded_gguf_path, template_tool_fields
+from ..events import Event, Finish, TextDelta
+from ..thinker import ThinkerRequest
+from .chat import chat_messages, check_input
+from .transformers import EMBEDDED_NAME, _TextRouter, embedded_gguf_path
 
 __all__ = ["LlamaCppThinker", "llama_cpp_available", "LLAMA_CPP_MISSING"]
 
@@ -207,38 +208,10 @@ class LlamaCppThinker:
     # ------------------------------------------------------------------ the request
 
     def _check_input(self, request: ThinkerRequest) -> None:
-        for m in request.messages:
-            if isinstance(m.content, str):
-                continue
-            for p in m.content:
-                if p.kind in self.accepts or p.kind == "text":
-                    continue
-                if isinstance(p, AudioPart) and p.transcript:
-                    continue
-                raise UnsupportedInputError(
-                    f"{self.model_name} (llama-cpp backend) takes {', '.join(sorted(self.accepts))} "
-                    f"only and cannot read {p.kind} input. Use a Thinker that accepts {p.kind} "
-                    f"(e.g. backend 'openai' against a multimodal server), or send the turn "
-                    f"without the {p.kind}.")
-
-    @staticmethod
-    def _text(m: Message) -> str:
-        if isinstance(m.content, str):
-            return m.content
-        out = []
-        for p in m.content:
-            if isinstance(p, TextPart):
-                out.append(p.text)
-            elif isinstance(p, AudioPart) and p.transcript:
-                out.append(p.transcript)
-        return "\n".join(out)
+        check_input(request, self.accepts, self.model_name, "llama-cpp")
 
     def _prompt_tokens(self, request: ThinkerRequest) -> list[int]:
-        chat = []
-        for m in request.messages:
-            d: dict[str, Any] = {"role": m.role, "content": self._text(m)}
-            d.update(template_tool_fields(m))
-            chat.append(d)
+        chat = chat_messages(request)
         tools = request.tools if request.tools and request.tool_choice != "none" else None
         try:
             prompt = self._formatter(messages=chat, tools=tools).prompt

@@ -43,6 +43,7 @@ from typing import Any, AsyncIterator, Iterable
 import httpx
 from httpx_sse import EventSource, SSEError
 
+from .. import otel
 from ..errors import ConfigError, ThinkerError, UnsupportedInputError
 from ..events import (AudioPart, Event, Finish, ImagePart, Part, ReasoningDelta, TextDelta, TextPart, ToolCall,
                       VideoPart)
@@ -258,6 +259,7 @@ class OpenAIThinker:
             attempts += 1
             try:
                 req = client.build_request(method, url, json=body)
+                otel.inject(req.headers)  # traceparent of the turn; nothing when tracing is off
                 resp = await client.send(req, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
                     httpx.RemoteProtocolError, httpx.ReadError) as e:

@@ -47,8 +47,9 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..bridge import WorkerClosed, from_thread
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
-from ..events import AudioPart, Event, Finish, ReasoningDelta, TextDelta, TextPart, ToolCall
-from ..thinker import Message, ThinkerRequest
+from ..events import Event, Finish, ReasoningDelta, TextDelta, ToolCall
+from ..thinker import ThinkerRequest
+from .chat import chat_messages, check_input, template_tool_fields  # noqa: F401 - re-exported
 from .structured import response_format_constraint, tool_choice_constraint
 
 __all__ = ["TransformersThinker", "embedded_gguf_path", "default_cache_dir"]
@@ -381,39 +382,10 @@ class TransformersThinker:
         return self._executor
 
     def _check_input(self, request: ThinkerRequest) -> None:
-        for m in request.messages:
-            if isinstance(m.content, str):
-                continue
-            for p in m.content:
-                if p.kind in self.accepts or p.kind == "text":
-                    continue
-                if isinstance(p, AudioPart) and p.transcript:
-                    continue  # the ears transcribed it; the text is used instead
-                raise UnsupportedInputError(
-                    f"{self.model_name} (transformers backend) takes {', '.join(sorted(self.accepts))} "
-                    f"only and cannot read {p.kind} input. Use a Thinker that accepts {p.kind} "
-                    "(e.g. backend 'openai' against a multimodal server such as vLLM-Omni), "
-                    f"or send the turn without the {p.kind}.")
-
-    @staticmethod
-    def _message_text(m: Message) -> str:
-        if isinstance(m.content, str):
-            return m.content
-        out = []
-        for p in m.content:
-            if isinstance(p, TextPart):
-                out.append(p.text)
-            elif isinstance(p, AudioPart) and p.transcript:
-                out.append(p.transcript)
-        return "\n".join(out)
+        check_input(request, self.accepts, self.model_name, "transformers")
 
     def _chat(self, request: ThinkerRequest) -> list[dict[str, Any]]:
-        chat: list[dict[str, Any]] = []
-        for m in request.messages:
-            d: dict[str, Any] = {"role": m.role, "content": self._message_text(m)}
-            d.update(template_tool_fields(m))
-            chat.append(d)
-        return chat
+        return chat_messages(request)
 
     def _prompt_ids(self, request: ThinkerRequest) -> Any:
         tok = self._tokenizer
@@ -579,22 +551,6 @@ class TransformersThinker:
             self._executor = None
 
 
-def template_tool_fields(m: Message) -> dict[str, Any]:
-    """The tool-call fields of a message as chat templates expect them (an assistant's
-    ``tool_calls`` with parsed arguments; a tool result's ``tool_call_id`` and ``name``)."""
-    d: dict[str, Any] = {}
-    if m.tool_calls:
-        d["tool_calls"] = [{"id": c.get("id"), "type": "function", "function": {
-            "name": c.get("name"), "arguments": _json_or_text(c.get("arguments", "{}"))}}
-            for c in m.tool_calls]
-    if m.role == "tool":
-        if m.tool_call_id:
-            d["tool_call_id"] = m.tool_call_id
-        if m.name:
-            d["name"] = m.name
-    return d
-
-
 class _Stopped(Exception):
     """The consumer went away: the worker stops quietly."""
 
@@ -614,15 +570,6 @@ def _hub_unavailable() -> str | None:
     except OSError as e:
         return f"cannot connect to {url.hostname}: {e}"
     return None
-
-
-def _json_or_text(s: Any) -> Any:
-    if isinstance(s, str):
-        try:
-            return json.loads(s)
-        except ValueError:
-            return s
-    return s
 
 
 class _Streamer:
