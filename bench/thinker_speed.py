@@ -1,13 +1,17 @@
 """Thinker speed: the transformers backend vs the llama.cpp backend on the same GGUF.
 
 Both run the embedded SmolLM2-135M-Instruct Q4_1 GGUF through their real ``stream()``
-paths (the worker thread, the bridge, the text router), one thread each, greedy, the
+paths; a third row is the embedded default as it runs (llama.cpp on the file requantized
+to Q4_0 once, whose kernels llama.cpp repacks for AVX2). All go through their real paths (the worker thread, the bridge, the text router), one thread each, greedy, the
 same prompts, runs interleaved (A, B, A, B, ...) so that a busy machine slows both alike.
 Prints medians per backend — time to first token for a one-line question, decode tok/s
 on a long answer — and the ratios::
 
     .venv/bin/python bench/thinker_speed.py            # 7 interleaved runs
     .venv/bin/python bench/thinker_speed.py --runs 3 --tokens 64
+    .venv/bin/python bench/thinker_speed.py --llama-threads 2   # llama.cpp on both cores
+
+(On this 2-core machine torch stalls with 2 threads; llama.cpp scales to both.)
 """
 
 from __future__ import annotations
@@ -48,14 +52,18 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads of each backend")
+    ap.add_argument("--llama-threads", type=int, default=None,
+                    help="threads of the llama.cpp backend only (default: --threads)")
     args = ap.parse_args()
+    llama_threads = args.llama_threads or args.threads
 
     from omni_agent.thinkers.llama_cpp import LlamaCppThinker
     from omni_agent.thinkers.transformers import TransformersThinker
 
     backends = {"transformers": TransformersThinker.default(threads=args.threads),
-                "llama-cpp": LlamaCppThinker.default(threads=args.threads)}
+                "llama-cpp": LlamaCppThinker(None, threads=llama_threads),          # the same Q4_1 file
+                "llama-cpp q4_0": LlamaCppThinker.default(threads=llama_threads)}  # the default
     for name, t in backends.items():
         t0 = time.perf_counter()
         await asyncio.to_thread(t.load)
@@ -71,14 +79,17 @@ async def main() -> None:
             _, r, n = await one(t, STORY, args.tokens)
             rate[name].append(r)
             toks[name].append(n)
-    print(f"\n{args.runs} interleaved runs, {args.threads} thread(s), greedy; medians")
-    print(f"{'backend':<14}{'first token (one-line question)':>34}{'decode tok/s':>15}{'tokens':>8}")
+    print(f"\n{args.runs} interleaved runs, threads: transformers {args.threads}, llama-cpp "
+          f"{llama_threads}; greedy; medians")
+    print(f"{'backend':<16}{'first token (one-line question)':>34}{'decode tok/s':>15}{'tokens':>8}")
     for name in backends:
-        print(f"{name:<14}{statistics.median(ttft[name]) * 1000:>31.1f} ms"
+        print(f"{name:<16}{statistics.median(ttft[name]) * 1000:>31.1f} ms"
               f"{statistics.median(rate[name]):>15.1f}{statistics.median(toks[name]):>8.0f}")
-    a, b = "transformers", "llama-cpp"
-    print(f"\nllama-cpp / transformers: decode {statistics.median(rate[b]) / statistics.median(rate[a]):.2f}x, "
-          f"first token {statistics.median(ttft[a]) / statistics.median(ttft[b]):.2f}x sooner")
+    a = "transformers"
+    print()
+    for b, what in (("llama-cpp", "the same Q4_1 GGUF"), ("llama-cpp q4_0", "the embedded default")):
+        print(f"{b} / transformers ({what}): decode {statistics.median(rate[b]) / statistics.median(rate[a]):.2f}x, "
+              f"first token {statistics.median(ttft[a]) / statistics.median(ttft[b]):.2f}x sooner")
     for t in backends.values():
         await t.aclose()
 

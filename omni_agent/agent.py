@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import anyio
 
+from . import otel as _otel
 from .bus import Bus, Middleware, RoundEnd, RoundOptions, TurnContext
 from .errors import OmniAgentError, UnsupportedInputError
 from .events import (
@@ -583,6 +584,7 @@ class Session:
             raise UnsupportedInputError("the turn is empty: give text, audio, an image or a video")
         self.turn_id += 1
         trace = Trace(self.id, self.turn_id, agent.keep_originals)
+        span = _otel.start_turn(trace, agent)  # None (and nothing else done) without tracing
         turn.session_id, turn.turn_id = self.id, self.turn_id
         ctx = TurnContext(self.id, self.turn_id, trace, agent=agent, session_state=self.state,
                           lang=agent.lang)
@@ -593,7 +595,10 @@ class Session:
             # The turn's own tasks never raise (their errors are events), so an exception
             # here came from the caller's block: task_group gives it back as raised.
             async with task_group() as tg:
-                tg.start_soon(self._drive, turn, ctx, out, self._scope)
+                if span is None:
+                    tg.start_soon(self._drive, turn, ctx, out, self._scope)
+                else:  # the turn's tasks run in its span: backends' requests carry traceparent
+                    _otel.start_soon_in(span, tg.start_soon, self._drive, turn, ctx, out, self._scope)
                 ended: list[bool] = []
                 events = _read(out, ctx, ended)
                 try:
@@ -605,6 +610,8 @@ class Session:
         finally:
             self.last_trace = trace
             self._ctx = self._out = self._scope = None
+            if span is not None:
+                _otel.end_turn(span, trace, turn, agent, agent._show_redact)
 
     async def _drive(self, turn: UserTurn, ctx: TurnContext, out: asyncio.Queue[Any],
                      scope: anyio.CancelScope) -> None:
@@ -742,6 +749,7 @@ class Session:
                 "ears: pass Agent(ears=Ears()) (speech recognition) or use a Thinker that takes "
                 "audio (qwen3-omni, vllm-omni)")
         t0 = monotonic()
+        trace.mark("asr_start", t0)
         for p in audio:
             p.transcript = await ears.transcribe(p)
         trace.add_time("asr", monotonic() - t0)
@@ -810,6 +818,7 @@ class Session:
         for rnd in range(agent.max_rounds):
             ctx.round = rnd
             request = agent.build_request(ctx)
+            started = monotonic() - trace.started
             if rnd == 0:
                 trace.mark("thinker_start")
             first = True
@@ -833,7 +842,8 @@ class Session:
                 await _close(stream)  # barge-in reaches the backend now, not at GC
             trace.rounds.append({"round": rnd, "finish_reason": ctx.finish_reason,
                                  "prompt_tokens": usage.prompt_tokens if usage else None,
-                                 "completion_tokens": usage.completion_tokens if usage else None})
+                                 "completion_tokens": usage.completion_tokens if usage else None,
+                                 "start": started, "end": monotonic() - trace.started})
             yield RoundEnd(round=rnd, session_id=sid, turn_id=tid, finish_reason=ctx.finish_reason)
             follow = ctx.take_followup()
             if not follow:
@@ -965,8 +975,10 @@ class Session:
             for s in trace.segments:
                 by_index.setdefault(s.index, s)
             seg = by_index.get(utt.index)
-            if seg is not None and seg.status == "pending":
-                seg.status = "speaking"
+            if seg is not None:
+                seg.started = monotonic() - trace.started
+                if seg.status == "pending":
+                    seg.status = "speaking"
             try:
                 chunks = talker.speak(utt)
                 try:
@@ -978,6 +990,8 @@ class Session:
                             await out.put(chunk)
                 finally:
                     await _close(chunks)
+                    if seg is not None:
+                        seg.ended = monotonic() - trace.started
                 if seg is not None:
                     seg.delivered = True
                     if seg.status == "speaking":

@@ -42,6 +42,10 @@ class Segment:
     status: str = "pending"
     fallback: bool = False
     delivered: bool = False
+    #: When the Talker started and finished this clause, in seconds since the turn
+    #: started (None: the Talker never took it).
+    started: float | None = None
+    ended: float | None = None
 
 
 @dataclass
@@ -61,7 +65,8 @@ class Trace:
     citations: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     #: One entry per Thinker round: ``{"round", "finish_reason", "prompt_tokens",
-    #: "completion_tokens"}`` (counts None when the backend did not report them).
+    #: "completion_tokens", "start", "end"}`` (counts None when the backend did not report
+    #: them; start/end in seconds since the turn started, the round's stream).
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ recording

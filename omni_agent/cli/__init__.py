@@ -28,8 +28,21 @@ COMMAND_MODULES = [
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="omni-agent")
-def main() -> None:
+@click.option("--otel", is_flag=True, help="Export OpenTelemetry spans of every turn (OTLP, "
+              "configured by the OTEL_* variables; on by itself when OTEL_EXPORTER_OTLP_ENDPOINT "
+              "or OTEL_TRACES_EXPORTER is set). Needs omni-agent[otel]. See docs/observability.md.")
+def main(otel: bool = False) -> None:
     """Voice and text agents: a Thinker, an intervenable bus of middleware, a Talker."""
+    from .. import otel as tracing
+    from ..errors import OmniAgentError
+
+    if otel:
+        try:
+            tracing.configure()
+        except OmniAgentError as e:
+            raise click.UsageError(f"--otel: {e}") from None
+    else:
+        tracing.configure_from_env()  # reads the environment only, unless it asks for traces
 
 
 def _load() -> None:

@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator
 
 import httpx
 
+from .. import otel
 from ..errors import TalkerError
 from ..events import AudioChunk, Utterance
 
@@ -143,6 +144,7 @@ class OpenAITalker:
         client = self._http()
         try:
             headers = {"X-Sample-Rate": str(self.rate)} if self.rate is not None else {}
+            otel.inject(headers)  # traceparent of the turn; nothing when tracing is off
             async with client.stream("POST", self.url, json=body, headers=headers) as resp:
                 if resp.status_code >= 400:
                     detail = (await resp.aread()).decode("utf-8", "replace")[:500]
