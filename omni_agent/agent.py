@@ -467,6 +467,9 @@ class Session:
         self.id = session_id
         self.turn_id = 0
         self.state: dict[str, Any] = {}  # per session, free for middleware
+        #: This session's own system prompt, in place of the agent's (a Realtime client's
+        #: ``session.update`` instructions); None: the agent's.
+        self.instructions: str | None = None
         self._ctx: TurnContext | None = None
         self._scope: anyio.CancelScope | None = None
         self._out: asyncio.Queue[Any] | None = None
@@ -770,7 +773,7 @@ class Session:
     def _prompt(self, history: list[Message], turn: UserTurn, ctx: TurnContext) -> list[Message]:
         agent = self.agent
         msgs: list[Message] = []
-        system = agent.system_prompt or ""
+        system = (self.instructions if self.instructions is not None else agent.system_prompt) or ""
         if ctx.contexts:
             system = (system + "\n\n" if system else "") + agent.render_contexts(ctx.contexts)
         if system:

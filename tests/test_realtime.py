@@ -18,7 +18,7 @@ from omni_agent.agent import Agent
 from omni_agent.events import AudioChunk, TextDelta, ToolCall, TurnEnd, UserTurn, Utterance
 from omni_agent.live import EnergyVAD, LiveConfig
 from omni_agent.server.agent_server import AgentServer, ServerConfig
-from omni_agent.server.realtime_protocol import (Cancel, Configure, DropSpeech, EndTurn, Feed,
+from omni_agent.server.realtime_protocol import (Cancel, Configure, DropSpeech, EndTurn, Feed, Instruct,
                                                  RealtimeLimits, RealtimeProtocol, Submit, Truncate)
 from omni_agent.testing import RecordingTalker, ScriptedThinker
 
@@ -145,7 +145,7 @@ def test_session_update_in_the_ga_shape_sets_turn_detection():
     assert updated["type"] == "session.updated"
     assert s["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 300
     assert s["audio"]["output"]["voice"] == "marin" and s["instructions"] == "Be brief."
-    assert got.commands == [Configure({"end_silence_ms": 300})]
+    assert got.commands == [Configure({"end_silence_ms": 300}), Instruct("Be brief.")]
     got = send(proto, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
     assert got.events[0]["session"]["audio"]["input"]["turn_detection"] is None
     assert isinstance(got.commands[0], DropSpeech) and not proto.vad
@@ -347,6 +347,29 @@ async def test_the_sdk_realtime_client_gets_a_spoken_answer_with_its_transcript(
     # RecordingTalker speaks 16 kHz tones of 0.01 s per character: here resampled to 24 kHz.
     assert abs(len(audio) / 2 / RATE - 0.01 * len("Hello there.How are you?")) < 0.01
     assert done.response.output[0].content[0].transcript == transcript
+
+
+async def test_session_instructions_become_the_sessions_system_prompt():
+    thinker = ScriptedThinker("Ahoy.", accepts=["text"])
+    server = make_server(thinker=thinker)
+    async with server.running() as url, sdk(url).realtime.connect(model="omni") as conn:
+        await until(conn, "session.created")
+        await conn.session.update(session={"type": "realtime", "instructions": "Talk like a pirate.",
+                                           "audio": {"input": {"turn_detection": None}}})
+        updated = await until(conn, "session.updated")
+        assert updated.session.instructions == "Talk like a pirate."
+        await conn.conversation.item.create(item=TEXT_ITEM)
+        await conn.response.create()
+        await until(conn, "response.done")
+        system = thinker.requests[-1].messages[0]
+        assert system.role == "system" and system.content == "Talk like a pirate."
+        # "" gives the session back the agent's own system prompt (here: none).
+        await conn.session.update(session={"type": "realtime", "instructions": ""})
+        await until(conn, "session.updated")
+        await conn.conversation.item.create(item=TEXT_ITEM)
+        await conn.response.create()
+        await until(conn, "response.done")
+        assert all(m.role != "system" for m in thinker.requests[-1].messages)
 
 
 async def test_the_sdk_beta_client_gets_the_beta_event_names():

@@ -39,6 +39,7 @@ from .realtime_protocol import (
     Cancel,
     Command,
     Configure,
+    Instruct,
     DropSpeech,
     EndTurn,
     Feed,
@@ -247,6 +248,9 @@ class _Link:
             live.drop_speech()
         elif t is Truncate:
             live.report_playback(cmd.turn_id, cmd.played_ms, True, cut=True)
+        elif t is Instruct:
+            # The agent's system prompt for this session's next turns; "" restores the agent's.
+            live.session.instructions = cmd.text or None
         elif t is Configure:
             try:
                 live.config = replace(live.config, **cmd.changes).check()

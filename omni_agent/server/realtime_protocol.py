@@ -65,6 +65,7 @@ __all__ = [
     "Cancel",
     "Truncate",
     "Configure",
+    "Instruct",
     "REALTIME_RATE",
     "Dialect",
 ]
@@ -157,13 +158,20 @@ class Truncate:
 
 
 @dataclass(slots=True)
+class Instruct:
+    """Use ``text`` as the session's system prompt (empty: the agent's own)."""
+
+    text: str
+
+
+@dataclass(slots=True)
 class Configure:
     """Apply these :class:`~omni_agent.live.LiveConfig` values to the live session."""
 
     changes: dict[str, Any]
 
 
-Command = Union[Feed, EndTurn, DropSpeech, Submit, Cancel, Truncate, Configure]
+Command = Union[Feed, EndTurn, DropSpeech, Submit, Cancel, Truncate, Configure, Instruct]
 
 
 @dataclass(slots=True)
@@ -674,6 +682,8 @@ class RealtimeProtocol:
                 new.turn_detection = self._vad_out(cfg)
                 if changes:
                     commands.append(Configure(changes))
+        if s.instructions is not None:
+            commands.append(Instruct(s.instructions))
         was_vad = self.vad
         self.session = new
         if was_vad and not self.vad:
