@@ -64,7 +64,7 @@ import anyio.to_thread
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext, is_cancellation
 from omni_agent.errors import ToolError
-from omni_agent.events import ErrorEvent, Event, TextDelta, ToolCall, ToolResult, Utterance
+from omni_agent.events import ErrorEvent, Event, TextDelta, TextPart, ToolCall, ToolResult, Utterance
 from omni_agent.thinker import Message
 from omni_agent.tools.registry import Tool, ToolRegistry
 
@@ -602,6 +602,7 @@ class ToolCalling(Middleware):
                     {"id": c.id, "name": c.name, "arguments": c.arguments} for c in round_calls])]
                     + [Message("tool", results[c.id].content, tool_call_id=c.id, name=c.name)
                        for c in round_calls])
+                exchange.extend(self._media(round_calls, results, ctx))
                 if not over and self._direct(round_calls, results, registry):
                     # Rule 6: the results are the answer; the turn ends with them.
                     ctx.messages.extend(exchange)  # remembered with the turn, no new round
@@ -630,6 +631,21 @@ class ToolCalling(Middleware):
                 plain = guard is None and echo is None and (parser is None or parser.idle)
             else:
                 yield ev
+
+    @staticmethod
+    def _media(calls: list[ToolCall], results: dict[str, ToolResult], ctx: TurnContext) -> list[Message]:
+        """The media the round's tools returned, for a Thinker that takes them: one user
+        message after the tool results (chat APIs carry only text in tool messages). Media of
+        a kind the Thinker cannot take stay out; the result's text says what they were."""
+        thinker = getattr(ctx.agent, "thinker", None)
+        accepts = getattr(thinker, "accepts", frozenset({"text"}))
+        parts: list[Any] = []
+        for c in calls:
+            shown = [p for p in results[c.id].parts if getattr(p, "kind", None) in accepts]
+            if shown:
+                parts.append(TextPart(f"(what the tool {c.name!r} returned)"))
+                parts.extend(shown)
+        return [Message("user", parts)] if parts else []
 
     def _direct(self, calls: list[ToolCall], results: dict[str, ToolResult],
                 registry: ToolRegistry) -> bool:
@@ -758,7 +774,7 @@ class ToolCalling(Middleware):
         t1 = monotonic()
         try:
             with anyio.fail_after(timeout):
-                content = await t.invoke(kwargs, ctx)
+                output = await t.invoke_output(kwargs, ctx)
         except TimeoutError:
             return self._result(call, ctx, rnd, f"Error: the tool {t.name!r} did not finish "
                                 f"within {timeout:g} s", "timeout", monotonic() - t1)
@@ -769,7 +785,9 @@ class ToolCalling(Middleware):
                 raise
             return self._result(call, ctx, rnd, f"Error: the tool {t.name!r} failed: "
                                 f"{type(e).__name__}: {e}", "error", monotonic() - t1)
-        return self._result(call, ctx, rnd, content, "ok", monotonic() - t1)
+        res = self._result(call, ctx, rnd, output.text, "ok", monotonic() - t1)
+        res.parts = list(output.parts)
+        return res
 
     async def _confirmed(self, call: ToolCall, t: Tool, ctx: TurnContext) -> tuple[bool, str]:
         if self.confirm is None:

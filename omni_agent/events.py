@@ -180,12 +180,14 @@ class ToolCall(Event):
 
 @dataclass(slots=True)
 class ToolResult(Event):
-    """The outcome of a tool call, fed back to the Thinker."""
+    """The outcome of a tool call, fed back to the Thinker. ``parts``: media the tool
+    returned (images, audio) that the Thinker can take; ``content`` says what they are."""
 
     call_id: str = ""
     name: str = ""
     content: str = ""
     is_error: bool = False
+    parts: list[Any] = field(default_factory=list)
 
 
 @dataclass(slots=True)

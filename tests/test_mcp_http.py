@@ -23,10 +23,12 @@ SERVER = textwrap.dedent('''
     import sys
     import anyio
     import uvicorn
-    from mcp.server.mcpserver import Context, MCPServer
+    import base64
+    from mcp.server.mcpserver import Context, Image, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 
     server = MCPServer("test-tools")
+    PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
     @server.tool(description="Add two whole numbers.")
     def add(a: int, b: int) -> int:
@@ -48,6 +50,10 @@ SERVER = textwrap.dedent('''
         server.add_tool(echo, name="echo", description="Say the text back.")
         await ctx.notify_tools_changed()
         return "grown"
+
+    @server.tool(description="A tiny picture.")
+    def picture() -> Image:
+        return Image(data=PNG, format="png")
 
     @server.tool(description="A tool the allow-list leaves out.")
     def hidden() -> str:
@@ -107,14 +113,14 @@ def call(name, **arguments):
 
 
 def source(server, **kw):
-    kw.setdefault("tools", ["add", "broken", "slow", "grow", "echo"])
+    kw.setdefault("tools", ["add", "broken", "slow", "grow", "echo", "picture"])
     return MCPSource.http("test", server.url, **kw)
 
 
 async def test_the_servers_allowed_tools_are_listed_with_their_schemas(server):
     src = source(server)
     async with Agent(thinker=ScriptedThinker("ok"), tools=[src]) as agent:
-        assert sorted(agent.tools.names) == ["add", "broken", "grow", "slow"]  # not "hidden"
+        assert sorted(agent.tools.names) == ["add", "broken", "grow", "picture", "slow"]  # not "hidden"
         add = agent.tools["add"]
         assert add.description == "Add two whole numbers."
         assert add.parameters["required"] == ["a", "b"]
@@ -126,6 +132,28 @@ async def test_a_call_returns_the_tools_result_to_the_thinker(server):
         r = await agent.session().aask("What is 2 plus 40?")
     assert r.tool_calls[0]["status"] == "ok" and r.tool_calls[0]["result"] == "42"
     assert r.text == "It is 42."
+
+
+async def test_an_image_result_is_shown_to_a_thinker_that_sees_and_summarised_for_one_that_does_not(server):
+    from omni_agent.events import ImagePart
+
+    seeing = ScriptedThinker([call("picture"), "A tiny picture."], accepts=["text", "image"])
+    async with Agent(thinker=seeing, tools=[source(server)]) as agent:
+        await agent.session().aask("Show me the picture")
+    follow = seeing.requests[-1].messages
+    tool_msg = next(m for m in follow if m.role == "tool")
+    assert "[image: image/png" in tool_msg.content and "shown below" in tool_msg.content
+    images = [p for p in follow[-1].content if isinstance(p, ImagePart)] if follow[-1].role == "user" else []
+    assert len(images) == 1 and images[0].data.startswith(b"\x89PNG") and images[0].mime == "image/png"
+
+    blind = ScriptedThinker([call("picture"), "There was a picture."], accepts=["text"])
+    async with Agent(thinker=blind, tools=[source(server)]) as agent:
+        await agent.session().aask("Show me the picture")
+    follow = blind.requests[-1].messages
+    assert follow[-1].role == "tool" and "[image: image/png" in follow[-1].content
+    assert "shown below" not in follow[-1].content
+    assert not any(isinstance(p, ImagePart) for m in follow if not isinstance(m.content, str)
+                   for p in m.content)
 
 
 async def test_an_error_result_goes_back_to_the_thinker_as_an_error(server):

@@ -130,3 +130,23 @@ def test_a_short_answer_after_an_error_is_released_at_the_round_end() -> None:
     thinker = ScriptedThinker([[call("lookup", code="bad")], "No luck."])
     agent = Agent(thinker=thinker, tools=[lookup])
     assert agent.ask("what is bad?").text == "No luck."
+
+
+def test_media_a_tool_returns_reach_a_thinker_that_takes_them_only() -> None:
+    from omni_agent.events import ImagePart
+    from omni_agent.tools import ToolOutput
+
+    @tool
+    def snapshot() -> ToolOutput:
+        """Take a picture of the door."""
+        return ToolOutput("[image: the front door]", [ImagePart(data=b"\x89PNG...", mime="image/png")])
+
+    seeing = ScriptedThinker([[call("snapshot")], "A closed door."], accepts=["text", "image"])
+    Agent(thinker=seeing, tools=[snapshot]).ask("Is the door shut?")
+    last = seeing.requests[-1].messages[-1]
+    assert last.role == "user" and any(isinstance(p, ImagePart) for p in last.content)
+    assert seeing.requests[-1].messages[-2].content == "[image: the front door]"
+
+    blind = ScriptedThinker([[call("snapshot")], "I got a picture."], accepts=["text"])
+    Agent(thinker=blind, tools=[snapshot]).ask("Is the door shut?")
+    assert blind.requests[-1].messages[-1].role == "tool"

@@ -43,12 +43,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from omni_agent.errors import OmniAgentError, ToolError
 
-from .registry import Tool, ToolRegistry
+from .registry import Tool, ToolOutput, ToolRegistry
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["MCPServerSpec", "MCPSource", "MCPStartError", "MCPTool", "result_text"]
+__all__ = ["MCPServerSpec", "MCPSource", "MCPStartError", "MCPTool", "result_text", "result_output"]
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,8 @@ def result_text(result: Any, *, accepts: Iterable[str] = ("text",), limit: int =
 
     Text blocks as they are; structured content as JSON when there is no text; embedded
     text resources as their text; images, audio and binary resources as a one-line summary
-    (``[image: image/png, 3.2 KB]``) — a Thinker that reads images is told the tool returned
-    one that cannot be shown to it here (see docs/mcp.md, limits). Cut at ``limit`` characters.
+    (``[image: image/png, 3.2 KB]``, with ", shown below" when the Thinker ``accepts`` that
+    kind: :func:`result_output` then hands it the media too). Cut at ``limit`` characters.
     """
     accepts = set(accepts)
     pieces: list[str] = []
@@ -174,7 +174,8 @@ def result_text(result: Any, *, accepts: Iterable[str] = ("text",), limit: int =
         if kind == "text":
             pieces.append(block.text)
         elif kind in ("image", "audio"):
-            pieces.append(f"[{kind}: {block.mime_type}, {_size(block.data)}]")
+            shown = ", shown below" if kind in accepts and _media_fits(block) else ""
+            pieces.append(f"[{kind}: {block.mime_type}, {_size(block.data)}{shown}]")
         elif kind == "resource":
             res = block.resource
             text = getattr(res, "text", None)
@@ -199,6 +200,37 @@ def result_text(result: Any, *, accepts: Iterable[str] = ("text",), limit: int =
     return text
 
 
+#: Media larger than this (decoded) are summarised, never handed to the Thinker.
+MAX_MEDIA_BYTES = 8 * 1024 * 1024
+
+
+def _media_fits(block: Any) -> bool:
+    return len(getattr(block, "data", "") or "") * 3 // 4 <= MAX_MEDIA_BYTES
+
+
+def result_output(result: Any, *, accepts: Iterable[str] = ("text",), limit: int = 20_000) -> ToolOutput:
+    """:func:`result_text`, plus the result's images and audio as parts for a Thinker that
+    ``accepts`` them (a :class:`~omni_agent.tools.registry.ToolOutput`)."""
+    import base64
+    import binascii
+
+    from omni_agent.events import AudioPart, ImagePart
+
+    accepts = set(accepts)
+    parts: list[Any] = []
+    for block in getattr(result, "content", None) or ():
+        kind = getattr(block, "type", "")
+        if kind not in ("image", "audio") or kind not in accepts or not _media_fits(block):
+            continue
+        try:
+            data = base64.b64decode(block.data, validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            continue  # not base64: the text summary still says what it was
+        cls = ImagePart if kind == "image" else AudioPart
+        parts.append(cls(data=data, mime=block.mime_type))
+    return ToolOutput(result_text(result, accepts=accepts, limit=limit), parts)
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -214,7 +246,7 @@ class MCPTool(Tool):
         schema = dict(listed.input_schema or {"type": "object", "properties": {}})
         remote = listed.name
 
-        async def call(**kwargs: Any) -> str:
+        async def call(**kwargs: Any) -> ToolOutput:
             return await source.call(remote, kwargs)
 
         call.__name__ = call.__qualname__ = spec.prefix + listed.name
@@ -463,8 +495,9 @@ class MCPSource:
 
     # ------------------------------------------------------------------ calls
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> str:
-        """Call the server's tool ``name``; returns its result as text. Raises
+    async def call(self, name: str, arguments: dict[str, Any]) -> ToolOutput:
+        """Call the server's tool ``name``; returns its result (text, and media the Thinker
+        takes). Raises
         :class:`ToolError` with what happened (an error result, the server down or lost
         mid-call) — the tool middleware turns it into an error result for the Thinker."""
         client = await self._ready_client()
@@ -479,10 +512,10 @@ class MCPSource:
                                 "tell the user and try again later") from None
             raise ToolError(f"the MCP server {self.name!r} refused the call to {name!r}: "
                             f"{_describe(e)}") from None
-        text = result_text(result, accepts=self.accepts, limit=self.spec.max_result_chars)
+        out = result_output(result, accepts=self.accepts, limit=self.spec.max_result_chars)
         if result.is_error:
-            raise ToolError(text)
-        return text
+            raise ToolError(out.text)
+        return out
 
     async def _ready_client(self) -> Any:
         """The session, once the owner has one. A call waits for at most one start attempt

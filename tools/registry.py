@@ -23,6 +23,7 @@ import asyncio
 import functools
 import inspect
 import json
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence
 
 from pydantic import BaseModel, ValidationError
@@ -31,17 +32,30 @@ from omni_agent.errors import ToolError
 
 from .schema import function_schema, format_validation_error
 
-__all__ = ["Tool", "tool", "ToolRegistry", "format_result"]
+__all__ = ["Tool", "tool", "ToolRegistry", "ToolOutput", "format_result"]
+
+
+@dataclass
+class ToolOutput:
+    """A tool result with media: ``text`` for every Thinker (it should say what the media
+    are), ``parts`` (``ImagePart``/``AudioPart``) for a Thinker that can see or hear them.
+    The tool middleware shows the parts to a Thinker whose ``accepts`` has their kind, in
+    a user message after the tool results (chat APIs carry only text in tool messages)."""
+
+    text: str
+    parts: list[Any] = field(default_factory=list)
 
 
 def format_result(value: Any) -> str:
     """The text a tool's return value becomes for the Thinker.
 
-    Strings pass unchanged; pydantic models, dataclasses, dicts and lists become JSON;
+    A :class:`ToolOutput` gives its text; strings pass unchanged; pydantic models, dataclasses, dicts and lists become JSON;
     ``None`` becomes ``"done"`` (the call worked and had nothing to say).
     """
     if isinstance(value, str):
         return value
+    if isinstance(value, ToolOutput):
+        return value.text
     if value is None:
         return "done"
     if isinstance(value, BaseModel):
@@ -145,6 +159,10 @@ class Tool:
     async def invoke(self, kwargs: dict[str, Any], ctx: Any = None) -> str:
         """Call the tool with already validated keyword arguments (from
         :meth:`parse_arguments`); returns the result as text."""
+        return (await self.invoke_output(kwargs, ctx)).text
+
+    async def invoke_output(self, kwargs: dict[str, Any], ctx: Any = None) -> ToolOutput:
+        """:meth:`invoke`, keeping media the tool returned (a :class:`ToolOutput`)."""
         kwargs = dict(kwargs)
         for pname in self.injected:
             kwargs[pname] = ctx
@@ -156,7 +174,9 @@ class Tool:
             value = await asyncio.to_thread(self.fn, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
-        return format_result(value)
+        if isinstance(value, ToolOutput):
+            return value
+        return ToolOutput(format_result(value))
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
