@@ -224,38 +224,39 @@ def ask(prompt, audio, output, talker_name, voice, lang, url, raw, play, as_json
         clause_mode = agent.display == "clause"
         first_clause = True
         try:
-            # Load models first, so the turn's timings measure the turn, not the loading.
-            loaded = await agent.warm_up()
-            if loaded and not as_json:
-                click.echo(click.style("loaded " + ", ".join(f"{k} {v:.1f} s" for k, v in loaded.items()),
-                                       dim=True), err=True)
-            async for ev in session.run(turn):
-                if as_json:
-                    text_out.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
-                elif isinstance(ev, UserTurn):
-                    for p in ev.parts:
-                        if getattr(p, "transcript", None) is not None:
-                            click.echo(click.style(f"heard: {p.transcript}", dim=True), err=True)
-                elif type(ev) is TextDelta and not clause_mode:
-                    text_out.write(ev.text)
-                elif type(ev) is Utterance and clause_mode and ev.display:
-                    text_out.write(("" if first_clause else " ") + ev.display)
-                    first_clause = False
-                elif isinstance(ev, (ToolCall, ToolResult)):
-                    what = f"[tool call] {ev.name}({ev.arguments})" if isinstance(ev, ToolCall) else \
-                        f"[tool result] {ev.name}: {ev.content}"
-                    click.echo(click.style(what, dim=True), err=True)
-                elif isinstance(ev, ErrorEvent):
-                    click.echo(click.style(f"[error] {ev.stage}: {ev.message}", fg="red"), err=True)
-                if isinstance(ev, AudioChunk):
-                    chunks.append(ev)
-                    if raw and ev.pcm:
-                        from ..audio import write_pcm
+            async with agent:  # the agent's services (MCP servers) run for the turn
+                # Load models first, so the turn's timings measure the turn, not the loading.
+                loaded = await agent.warm_up()
+                if loaded and not as_json:
+                    click.echo(click.style("loaded " + ", ".join(f"{k} {v:.1f} s" for k, v in loaded.items()),
+                                           dim=True), err=True)
+                async for ev in session.run(turn):
+                    if as_json:
+                        text_out.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
+                    elif isinstance(ev, UserTurn):
+                        for p in ev.parts:
+                            if getattr(p, "transcript", None) is not None:
+                                click.echo(click.style(f"heard: {p.transcript}", dim=True), err=True)
+                    elif type(ev) is TextDelta and not clause_mode:
+                        text_out.write(ev.text)
+                    elif type(ev) is Utterance and clause_mode and ev.display:
+                        text_out.write(("" if first_clause else " ") + ev.display)
+                        first_clause = False
+                    elif isinstance(ev, (ToolCall, ToolResult)):
+                        what = f"[tool call] {ev.name}({ev.arguments})" if isinstance(ev, ToolCall) else \
+                            f"[tool result] {ev.name}: {ev.content}"
+                        click.echo(click.style(what, dim=True), err=True)
+                    elif isinstance(ev, ErrorEvent):
+                        click.echo(click.style(f"[error] {ev.stage}: {ev.message}", fg="red"), err=True)
+                    if isinstance(ev, AudioChunk):
+                        chunks.append(ev)
+                        if raw and ev.pcm:
+                            from ..audio import write_pcm
 
-                        write_pcm(ev.pcm)
-                elif isinstance(ev, TurnEnd):
-                    end = ev
-                text_out.flush()
+                            write_pcm(ev.pcm)
+                    elif isinstance(ev, TurnEnd):
+                        end = ev
+                    text_out.flush()
         finally:
             await agent.aclose()
         return chunks, end
