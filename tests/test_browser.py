@@ -154,7 +154,7 @@ def test_page_transcribes_the_microphone_and_plays_the_streamed_reply(tmp_path, 
     with ServerThread(server) as url:
         driver = chromium(wav, tmp_path)
         try:
-            driver.get(f"{url}/?autostart=1")
+            driver.get(f"{url}/?autostart=1&transport=ws")  # this file tests the WebSocket path
             st = wait_for(driver, lambda s: s["agentTexts"] and s["sourcesEnded"] >= 1
                           and s["sourcesEnded"] == s["sourcesStarted"] and not s["errors"], 90,
                           "the reply to be played")
@@ -190,7 +190,7 @@ def test_speaking_over_the_reply_stops_playback_and_memory_keeps_what_was_heard(
     with ServerThread(server) as url:
         driver = chromium(wav, tmp_path)
         try:
-            driver.get(f"{url}/?autostart=1")
+            driver.get(f"{url}/?autostart=1&transport=ws")  # this file tests the WebSocket path
             st = wait_for(driver, lambda s: len(s["agentTexts"]) >= 2 and s["revisions"], 90,
                           "the barge-in and the second turn")
         finally:
@@ -217,7 +217,7 @@ def test_page_works_with_the_embedded_default_agent(tmp_path, ears, piper):
     with ServerThread(server) as url:
         driver = chromium(wav, tmp_path)
         try:
-            driver.get(f"{url}/?autostart=1")
+            driver.get(f"{url}/?autostart=1&transport=ws")  # this file tests the WebSocket path
             st = wait_for(driver, lambda s: s["agentTexts"] and s["sourcesEnded"] >= 1
                           and s["sourcesEnded"] == s["sourcesStarted"], 180, "the default agent's reply")
         finally:

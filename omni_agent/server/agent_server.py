@@ -10,6 +10,8 @@ metrics use the official ``prometheus-client``. Endpoints::
     POST /v1/voice     one voice turn  (body: an audio file; ?session_id=...&audio=1)
     WS   /v1/live      a live session: PCM audio in, events and audio out (docs/protocol.md)
     WS   /v1/realtime  an OpenAI Realtime-compatible session (docs/api-realtime.md)
+    WS   /v1/twilio[/<token>]  a phone call: a Twilio Media Stream (docs/phone.md)
+    POST /v1/webrtc/offer  a live session over WebRTC: SDP offer in, answer out (docs/webrtc.md)
 
 ::
 
@@ -49,13 +51,16 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .. import otel
 from ..audio import AudioTooLongError, wav_bytes
 from ..errors import AudioInputError, ConfigError, OmniAgentError, UnsupportedInputError
 from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
 from ..live import MAX_AUDIO_SECONDS, LiveConfig, LiveSession, VAD
 from ..tasks import task_group
 from .security import ServerLimits, WebSecurity, security_middleware, uvicorn_config
+from .twilio import TwilioConfig
 from .uploads import decode_upload
+from .webrtc import WebRTCConfig, WebRTCTransport
 
 __all__ = ["AgentServer", "ServerConfig", "STATIC_DIR", "audio_frame", "parse_audio_frame"]
 
@@ -106,6 +111,10 @@ class ServerConfig:
       may open live sessions and post turns, besides loopback pages and the server's own.
     * ``header_timeout`` — seconds a client has to send its request head (slowloris);
       ``max_pending_per_client`` — connections one address may have still sending it.
+    * ``webrtc`` — the WebRTC endpoint's limits and ICE options (peers at once, loopback-only
+      host candidates by default): :class:`~omni_agent.server.webrtc.WebRTCConfig`.
+    * ``twilio`` — phone calls (``/v1/twilio``): the optional Twilio signature check, the
+      public URL, stream limits: :class:`~omni_agent.server.twilio.TwilioConfig`.
     """
 
     token: str | None = None
@@ -126,6 +135,8 @@ class ServerConfig:
     allowed_origins: list[str] = field(default_factory=list)
     header_timeout: float = 10.0
     max_pending_per_client: int = 128
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
 
     def check(self) -> "ServerConfig":
         """Validate; raises :class:`ConfigError` naming the bad value."""
@@ -147,6 +158,7 @@ class ServerConfig:
             raise ConfigError("header_timeout must be > 0 seconds")
         self.live = replace(self.live, max_turn_seconds=min(self.live.max_turn_seconds,
                                                             self.max_audio_seconds)).check()
+        self.webrtc.check()
         return self
 
 
@@ -237,6 +249,7 @@ class AgentServer:
         self.draining = False
         self._drained = False
         self.metrics = _Metrics(self)
+        self.webrtc = WebRTCTransport(self, self.config.webrtc)  # owns its peers (docs/webrtc.md)
         try:
             # Host allow-list, Origin check, refusal of cross-site "simple" posts, security
             # headers, a streaming body limit. The token stays ours (it has its own messages).
@@ -255,6 +268,10 @@ class AgentServer:
                 Route("/v1/voice", self._voice_turn, methods=["POST"]),
                 WebSocketRoute("/v1/live", self._live),
                 WebSocketRoute("/v1/realtime", self._realtime),
+                WebSocketRoute("/v1/twilio", self._twilio),
+                WebSocketRoute("/v1/twilio/{token}", self._twilio),
+                Route("/v1/webrtc", self.webrtc.info),
+                Route("/v1/webrtc/offer", self.webrtc.offer, methods=["POST"]),
                 Mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static"),
             ],
             lifespan=self._lifespan,
@@ -375,6 +392,7 @@ class AgentServer:
         # is entered for the server's life: its MCP servers (docs/mcp.md) run in its group.
         async with self.agent, task_group() as tg:
             tg.start_soon(self._watch_sends)
+            await tg.start(self.webrtc.run)  # WebRTC peers are tasks of this group
             try:
                 yield
             finally:
@@ -581,6 +599,7 @@ class AgentServer:
         self._http_idle.clear()
         t0 = monotonic()
         first_audio: float | None = None
+        parent = otel.attach_incoming(request.headers)  # the client's traceparent, if traced
         try:
             session = self._http_sessions[sid] = self.agent.session(sid)
             events: list[Event] = []
@@ -612,6 +631,7 @@ class AgentServer:
             self.metrics.errors.labels("agent").inc()
             return self._error(400, "agent_error", str(e))
         finally:
+            otel.detach(parent)
             _release(self._http_per_client, client)
             if not self._http_turns:
                 self._http_idle.set()
@@ -677,7 +697,21 @@ class AgentServer:
         """An OpenAI Realtime-compatible session (omni_agent/server/realtime.py)."""
         from .realtime import serve_realtime
 
-        await serve_realtime(self, ws)
+        parent = otel.attach_incoming(ws.headers)  # the handshake's traceparent: its turns' parent
+        try:
+            await serve_realtime(self, ws)
+        finally:
+            otel.detach(parent)
+
+    async def _twilio(self, ws: WebSocket) -> None:
+        """A phone call's Twilio Media Stream (omni_agent/server/twilio.py)."""
+        from .twilio import serve_twilio
+
+        parent = otel.attach_incoming(ws.headers)
+        try:
+            await serve_twilio(self, ws)
+        finally:
+            otel.detach(parent)
 
     async def _live(self, ws: WebSocket) -> None:
         client = ws.client.host if ws.client else "unknown"
@@ -729,6 +763,7 @@ class AgentServer:
         session = self.agent.session(sid)
         conn = _Conn(ws, LiveSession(session, vad=self._vad, config=live_cfg), client, binary)
         self._conns.add(conn)
+        parent = otel.attach_incoming(ws.headers)  # the handshake's traceparent: its turns' parent
         try:
             await ws.accept()
             talker = self.agent.talker
@@ -758,6 +793,7 @@ class AgentServer:
             self._conns.discard(conn)
             self._in_use.discard(sid)
             _release(self._per_client, client)
+            otel.detach(parent)
             await self.agent.aclose_session(
                 sid, forget=self.config.forget_on_close and resumed is None and not self.draining)
             if ws.application_state == WebSocketState.CONNECTED and not conn.closing:

@@ -1,5 +1,6 @@
-// The omni-agent voice page: microphone -> WebSocket (/v1/live) -> streamed reply audio.
-// Protocol: docs/protocol.md. No framework, no build step.
+// The omni-agent voice page: microphone -> WebRTC (/v1/webrtc/offer, Opus) or WebSocket
+// (/v1/live) -> streamed reply audio. Protocol: docs/protocol.md, docs/webrtc.md. No
+// framework, no build step.
 'use strict';
 
 const params = new URLSearchParams(location.search);
@@ -11,16 +12,26 @@ const state = window.omni = {
   connected: false, ready: null, events: [], userTexts: [], agentTexts: [], errors: [],
   audioChunks: 0, audioBytes: 0, sourcesStarted: 0, sourcesEnded: 0, playedSeconds: 0,
   captureMaxRms: 0, sentAudioBytes: 0, stops: 0, latencies: [], interruptions: [],
-  revisions: [], traces: [],
+  revisions: [], traces: [], transport: null, heardAfterMs: [], rtcPlayedSeconds: 0,
 };
 
 let ws = null;
+let pc = null, dc = null, rtcInfo = null, rtcTimer = null, replyEl = null;  // the WebRTC path
 let micCtx = null, micStream = null, micNode = null;
 let playCtx = null, playHead = 0;
 const turns = new Map();          // turn_id -> per-turn view and playback state
 let pendingTurnEl = null;         // an article created on speech_started, before user_turn
 let speechStoppedAt = null;       // performance.now() when the server saw the user stop
 let progressTimer = null;
+
+// ------------------------------------------------------------------ the link (either transport)
+
+function isOpen() {
+  if (state.transport === 'webrtc') return !!dc && dc.readyState === 'open';
+  return !!ws && ws.readyState === WebSocket.OPEN;
+}
+
+function sendMsg(obj) { if (!isOpen()) return; (state.transport === 'webrtc' ? dc : ws).send(JSON.stringify(obj)); }
 
 // ------------------------------------------------------------------ UI helpers
 
@@ -136,6 +147,7 @@ function playChunk(head, buf) {
     t.firstAudioAt = start;
     if (speechStoppedAt != null && t.fromSpeech) {
       t.heardAfterMs = performance.now() - speechStoppedAt + (start - ctx.currentTime) * 1000;
+      state.heardAfterMs.push(Math.round(t.heardAfterMs));
     }
   }
   node.onended = () => {
@@ -145,8 +157,8 @@ function playChunk(head, buf) {
     t.played += played;
     state.playedSeconds += played;
     state.sourcesEnded += 1;
-    if (t.sources.every((s) => s.done) && ws && ws.readyState === WebSocket.OPEN && !t.stopped) {
-      ws.send(JSON.stringify({type: 'playback', turn_id: t.id, played_ms: Math.round(t.played * 1000), final: false}));
+    if (t.sources.every((s) => s.done) && isOpen() && !t.stopped) {
+      sendMsg({type: 'playback', turn_id: t.id, played_ms: Math.round(t.played * 1000), final: false});
     }
     if (!anyPlaying()) setVad('idle', 'listening');
   };
@@ -169,7 +181,9 @@ function playedMs(t) {
 function stopPlayback(turnId) {
   const t = turns.get(turnId);
   state.stops += 1;
-  if (!t) { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({type: 'playback', turn_id: turnId, played_ms: 0, final: true})); return; }
+  // Over WebRTC the server flushed its track and knows what it sent: nothing to report.
+  if (state.transport === 'webrtc') { if (t) t.stopped = true; return; }
+  if (!t) { sendMsg({type: 'playback', turn_id: turnId, played_ms: 0, final: true}); return; }
   const heard = playedMs(t);
   t.stopped = true;
   for (const src of t.sources) {
@@ -183,9 +197,7 @@ function stopPlayback(turnId) {
     }
   }
   if (playCtx) playHead = playCtx.currentTime;
-  if (ws && ws.readyState === WebSocket.OPEN) {
-    ws.send(JSON.stringify({type: 'playback', turn_id: turnId, played_ms: heard, final: true}));
-  }
+  sendMsg({type: 'playback', turn_id: turnId, played_ms: heard, final: true});
 }
 
 // ------------------------------------------------------------------ audio in
@@ -339,6 +351,127 @@ function onMessage(data) {
   return m;
 }
 
+// ------------------------------------------------------------------ WebRTC
+
+// WebRTC is the default where the server offers it and the browser has it; ?transport=ws
+// (or the switch) picks the WebSocket instead.
+async function chooseTransport() {
+  const sel = $('transport');
+  let on = false;
+  if (window.RTCPeerConnection) {
+    try {
+      const r = await fetch('/v1/webrtc', {headers: token ? {Authorization: `Bearer ${token}`} : {}});
+      if (r.ok) { rtcInfo = await r.json(); on = !!rtcInfo.enabled; }
+    } catch (e) { /* no WebRTC here: the WebSocket it is */ }
+  }
+  sel.querySelector('option[value=webrtc]').disabled = !on;
+  const asked = params.get('transport');
+  sel.value = asked === 'ws' || asked === 'webrtc' ? asked : (on ? 'webrtc' : 'ws');
+  if (sel.value === 'webrtc' && !on) sel.value = 'ws';
+  syncAec();
+}
+
+// The WebRTC path gets the browser's echo cancellation (its reply plays through a media
+// element the canceller knows about). ?processing=off turns capture processing off (tests:
+// Chromium's fake microphone feeds its file exactly only then).
+function syncAec() {
+  if ($('transport').value === 'webrtc') $('aec').checked = params.get('processing') !== 'off';
+}
+
+function waitIceGathering(conn, ms) {
+  if (conn.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (conn.iceGatheringState === 'complete') resolve(); };
+    conn.addEventListener('icegatheringstatechange', done);
+    setTimeout(resolve, ms);  // host candidates come within milliseconds; do not wait on more
+  });
+}
+
+function rms(an, buf) {
+  an.getFloatTimeDomainData(buf);
+  let sum = 0;
+  for (let i = 0; i < buf.length; i++) sum += buf[i] * buf[i];
+  return Math.sqrt(sum / buf.length);
+}
+
+async function startRTC() {
+  const aec = $('aec').checked;
+  micStream = await navigator.mediaDevices.getUserMedia({
+    audio: {echoCancellation: aec, noiseSuppression: aec, autoGainControl: aec},
+  });
+  const ctx = ensurePlayCtx();
+  const micAn = ctx.createAnalyser();
+  micAn.fftSize = 1024;
+  ctx.createMediaStreamSource(micStream).connect(micAn);
+  pc = new RTCPeerConnection({iceServers: (rtcInfo && rtcInfo.ice_servers) || []});
+  for (const tr of micStream.getAudioTracks()) pc.addTrack(tr, micStream);
+  dc = pc.createDataChannel('omni');
+  let replyAn = null;
+  pc.ontrack = (e) => {
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    replyEl = replyEl || new Audio();
+    replyEl.autoplay = true;
+    replyEl.srcObject = stream;  // the playback itself (and what Chromium's echo canceller hears)
+    replyEl.play().catch(() => {});
+    replyAn = ctx.createAnalyser();
+    replyAn.fftSize = 1024;
+    ctx.createMediaStreamSource(stream).connect(replyAn);  // measured, not played twice
+  };
+  const buf = new Float32Array(1024);
+  let last = performance.now();
+  rtcTimer = setInterval(() => {
+    const now = performance.now(), dt = (now - last) / 1000;
+    last = now;
+    const m = rms(micAn, buf);
+    if (m > state.captureMaxRms) state.captureMaxRms = m;
+    if (!replyAn || rms(replyAn, buf) < 0.01) return;
+    state.rtcPlayedSeconds += dt;
+    // The first reply sound after the user stopped: what the user waited for.
+    const t = [...turns.values()].reverse().find((x) => x.fromSpeech);
+    if (t && t.heardAfterMs == null && speechStoppedAt != null && !t.stopped) {
+      t.heardAfterMs = now - speechStoppedAt;
+      state.heardAfterMs.push(Math.round(t.heardAfterMs));
+      if (t.latency) renderLatency(t, t.latency);
+    }
+    setVad('agent', 'agent speaking');
+  }, 20);
+  const ready = new Promise((resolve, reject) => {
+    dc.onmessage = (e) => { const m = onMessage(e.data); if (m && m.type === 'ready') resolve(m); };
+    dc.onclose = () => { state.connected = false; state.ready = null; setConn(false, 'disconnected'); stopLocal(); };
+    pc.onconnectionstatechange = () => {
+      if (pc && (pc.connectionState === 'failed' || pc.connectionState === 'closed')) {
+        showError(`WebRTC connection ${pc.connectionState}`);
+        reject(new Error(`connection ${pc.connectionState}`));
+      }
+    };
+    setTimeout(() => reject(new Error('no answer on the data channel within 15 s')), 15000);
+  });
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitIceGathering(pc, 2000);
+  const u = new URL('/v1/webrtc/offer', location.href);
+  u.searchParams.set('barge_in', $('bargein').checked ? 'true' : 'false');
+  for (const k of ['min_interrupt_ms', 'min_speech_ms', 'end_silence_ms', 'threshold']) {
+    if (params.has(k)) u.searchParams.set(k, params.get(k));
+  }
+  const headers = {'Content-Type': 'application/sdp'};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const r = await fetch(u, {method: 'POST', headers, body: pc.localDescription.sdp});
+  if (!r.ok) {
+    let msg = `HTTP ${r.status}`;
+    try { msg = (await r.json()).error.message; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  await pc.setRemoteDescription({type: 'answer', sdp: await r.text()});
+  await ready;
+}
+
+function closeRTC() {
+  if (rtcTimer) { clearInterval(rtcTimer); rtcTimer = null; }
+  if (dc) { try { dc.close(); } catch (e) { /* closed */ } dc = null; }
+  if (pc) { pc.close(); pc = null; }
+  if (replyEl) replyEl.srcObject = null;
+}
+
 // ------------------------------------------------------------------ controls
 
 async function start() {
@@ -346,8 +479,13 @@ async function start() {
   $('start').disabled = true;
   try {
     ensurePlayCtx();
-    const rate = await startMic();
-    await connect(rate);
+    state.transport = $('transport').value;
+    if (state.transport === 'webrtc') {
+      await startRTC();
+    } else {
+      const rate = await startMic();
+      await connect(rate);
+    }
     $('stop').disabled = false;
     $('interrupt').disabled = false;
     progressTimer = setInterval(reportProgress, 250);
@@ -359,10 +497,10 @@ async function start() {
 }
 
 function reportProgress() {
-  if (!ws || ws.readyState !== WebSocket.OPEN) return;
+  if (state.transport !== 'ws' || !isOpen()) return;
   for (const t of turns.values()) {
     if (!t.stopped && t.sources.some((s) => !s.done)) {
-      ws.send(JSON.stringify({type: 'playback', turn_id: t.id, played_ms: playedMs(t), final: false}));
+      sendMsg({type: 'playback', turn_id: t.id, played_ms: playedMs(t), final: false});
     }
   }
 }
@@ -378,6 +516,7 @@ function stopLocal() {
 
 function stop() {
   if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+  closeRTC();
   stopLocal();
   setVad('idle', 'idle');
 }
@@ -389,8 +528,8 @@ async function sendText(e) {
   hideError();
   try {
     ensurePlayCtx();
-    if (!ws || ws.readyState !== WebSocket.OPEN) await connect(16000);
-    ws.send(JSON.stringify({type: 'text', text}));
+    if (!isOpen()) { state.transport = 'ws'; await connect(16000); }
+    sendMsg({type: 'text', text});
     $('text').value = '';
     $('interrupt').disabled = false;
   } catch (err) {
@@ -400,9 +539,10 @@ async function sendText(e) {
 
 $('start').onclick = start;
 $('stop').onclick = stop;
-$('interrupt').onclick = () => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({type: 'interrupt'})); };
+$('interrupt').onclick = () => sendMsg({type: 'interrupt'});
 $('bargein').onchange = () => {
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({type: 'configure', barge_in: $('bargein').checked}));
+  sendMsg({type: 'configure', barge_in: $('bargein').checked});
 };
 $('typed').onsubmit = sendText;
-if (params.get('autostart') === '1') start();
+$('transport').onchange = syncAec;
+chooseTransport().then(() => { if (params.get('autostart') === '1') start(); });
