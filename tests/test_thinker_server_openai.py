@@ -522,3 +522,51 @@ def test_langchain_with_structured_output_gets_a_model_object(smol, method):
                         max_retries=0, max_tokens=60, temperature=0)
     city = llm.with_structured_output(City, method=method).invoke("What is the capital of France?")
     assert isinstance(city, City) and city.city == "Paris"
+
+
+# ------------------------------------------- the same on the default engine (llama.cpp)
+
+
+@pytest.fixture(scope="module")
+def smol_llama():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: ./setup.sh builds it")
+    from omni_agent.thinkers.llama_cpp import LlamaCppThinker
+
+    thinker = LlamaCppThinker.default().load()
+    with serve_in_background(create_app(thinker)) as url:
+        yield thinker, url
+
+
+@pytest.mark.slow
+def test_parse_works_on_the_llama_cpp_default_too(smol_llama):
+    thinker, url = smol_llama
+    reply = client(url).chat.completions.parse(model=thinker.model_name, messages=FRANCE,
+                                               response_format=City, max_tokens=40)
+    assert isinstance(reply.choices[0].message.parsed, City)
+    assert reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.slow
+def test_required_and_named_tool_choice_on_the_llama_cpp_default(smol_llama):
+    thinker, url = smol_llama
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    reply = client(url).chat.completions.create(model=thinker.model_name, messages=ask,
+                                                tools=[WEATHER, TIME], tool_choice="required", max_tokens=60)
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert reply.choices[0].message.tool_calls[0].function.name in ("get_weather", "current_time")
+    reply = client(url).chat.completions.create(
+        model=thinker.model_name, messages=ask, tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "current_time"}}, max_tokens=60)
+    assert [c.function.name for c in reply.choices[0].message.tool_calls] == ["current_time"]
+
+
+@pytest.mark.slow
+def test_length_and_templated_prompt_tokens_on_the_llama_cpp_default(smol_llama):
+    from omni_agent.thinker import Message, ThinkerRequest
+
+    thinker, url = smol_llama
+    reply = client(url).chat.completions.create(model=thinker.model_name, messages=FRANCE, max_tokens=3)
+    assert reply.choices[0].finish_reason == "length"
+    templated = thinker._prompt_tokens(ThinkerRequest(messages=[Message("user", FRANCE[0]["content"])]))
+    assert reply.usage.prompt_tokens == len(templated) > thinker.count_tokens(FRANCE[0]["content"])
+    assert reply.usage.completion_tokens == 3
