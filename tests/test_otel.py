@@ -321,9 +321,13 @@ async def test_without_opentelemetry_installed_a_turn_does_no_span_work(monkeypa
 
 async def test_installed_but_not_configured_nothing_is_traced_or_propagated(monkeypatch):
     from opentelemetry import trace as api
+    from opentelemetry.util._once import Once
 
-    if not isinstance(api.get_tracer_provider(), api.ProxyTracerProvider):
-        pytest.skip("a global TracerProvider was set in this process")
+    # As in a fresh process: no global TracerProvider (another library in this test run may
+    # have set one); the API's own globals, put back after the test.
+    monkeypatch.setattr(api, "_TRACER_PROVIDER", None)
+    monkeypatch.setattr(api, "_TRACER_PROVIDER_SET_ONCE", Once())
+    assert isinstance(api.get_tracer_provider(), api.ProxyTracerProvider)
     otel.reset()
     calls = []
     monkeypatch.setattr(otel, "_write", lambda *a, **kw: calls.append(a))
