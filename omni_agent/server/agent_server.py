@@ -198,6 +198,30 @@ class _Metrics:
         if first is not None:
             self.first_token.observe(first)
 
+    def observe_live(self, msg: Any, transport: str) -> None:
+        """Count one message of a live session on ``transport`` (ws, realtime, webrtc,
+        twilio): its latencies, its trace, interruptions, errors and how its turn ended."""
+        if isinstance(msg, dict):
+            kind = msg.get("type")
+            if kind == "latency":
+                if msg.get("first_audio_ms") is not None:
+                    self.first_audio.labels(transport).observe(msg["first_audio_ms"] / 1000)
+                self.turn_seconds.labels(transport).observe(msg["turn_ms"] / 1000)
+                if msg.get("asr_ms"):
+                    self.asr.observe(msg["asr_ms"] / 1000)
+            elif kind == "trace":
+                self.observe_trace(msg["trace"])
+            elif kind == "interruption":
+                self.interruptions.inc()
+                if msg.get("cancel_ms") is not None:
+                    self.cancel.observe(msg["cancel_ms"] / 1000)
+            elif kind == "error":
+                self.errors.labels(msg.get("code", "live")).inc()
+        elif type(msg) is TurnEnd:
+            self.turns.labels(transport, msg.reason).inc()
+        elif type(msg) is ErrorEvent:
+            self.errors.labels(msg.stage or "unknown").inc()
+
 
 class _Conn:
     """One live WebSocket connection."""
@@ -966,21 +990,7 @@ class AgentServer:
         ws, m = conn.ws, self.metrics
         async for msg in conn.live.messages():
             if isinstance(msg, dict):
-                kind = msg.get("type")
-                if kind == "latency":
-                    if msg.get("first_audio_ms") is not None:
-                        m.first_audio.labels("ws").observe(msg["first_audio_ms"] / 1000)
-                    m.turn_seconds.labels("ws").observe(msg["turn_ms"] / 1000)
-                    if msg.get("asr_ms"):
-                        m.asr.observe(msg["asr_ms"] / 1000)
-                elif kind == "trace":
-                    m.observe_trace(msg["trace"])
-                elif kind == "interruption":
-                    m.interruptions.inc()
-                    if msg.get("cancel_ms") is not None:
-                        m.cancel.observe(msg["cancel_ms"] / 1000)
-                elif kind == "error":
-                    m.errors.labels(msg.get("code", "live")).inc()
+                m.observe_live(msg, "ws")
                 conn.sending = monotonic()
                 await ws.send_text(_dumps(msg))
                 conn.sending = 0.0
@@ -1003,13 +1013,10 @@ class AgentServer:
                         "data": base64.b64encode(msg.pcm).decode("ascii")}))
                     conn.sending = 0.0
                 continue
+            m.observe_live(msg, "ws")
             d = event_to_dict(msg)
             if type(msg) is UserTurn:
                 d["text"] = msg.text
-            elif type(msg) is TurnEnd:
-                m.turns.labels("ws", msg.reason).inc()
-            elif type(msg) is ErrorEvent:
-                m.errors.labels(msg.stage or "unknown").inc()
             conn.sending = monotonic()
             await ws.send_text(_dumps(d))
             conn.sending = 0.0

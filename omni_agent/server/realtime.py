@@ -32,7 +32,6 @@ import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..errors import ConfigError, OmniAgentError
-from ..events import ErrorEvent, TurnEnd
 from ..live import LiveSession
 from ..tasks import task_group
 from .realtime_protocol import (
@@ -283,24 +282,7 @@ class _Link:
         conn, m, proto = self.conn, self.server.metrics, self.proto
         ws = conn.ws
         async for msg in self.live.messages():
-            if isinstance(msg, dict):
-                kind = msg.get("type")
-                if kind == "latency":
-                    if msg.get("first_audio_ms") is not None:
-                        m.first_audio.labels("realtime").observe(msg["first_audio_ms"] / 1000)
-                    m.turn_seconds.labels("realtime").observe(msg["turn_ms"] / 1000)
-                    if msg.get("asr_ms"):
-                        m.asr.observe(msg["asr_ms"] / 1000)
-                elif kind == "trace":
-                    m.observe_trace(msg["trace"])
-                elif kind == "interruption":
-                    m.interruptions.inc()
-                    if msg.get("cancel_ms") is not None:
-                        m.cancel.observe(msg["cancel_ms"] / 1000)
-            elif type(msg) is TurnEnd:
-                m.turns.labels("realtime", msg.reason).inc()
-            elif type(msg) is ErrorEvent:
-                m.errors.labels(msg.stage or "unknown").inc()
+            m.observe_live(msg, "realtime")
             events = proto.translate(msg)
             for ev in events:
                 conn.sending = monotonic()

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..errors import OmniAgentError
-from ..events import ErrorEvent, TurnEnd, UserTurn
+from ..events import ErrorEvent, UserTurn
 from ..live import LiveSession
 from ..tasks import task_group
 from .twilio_protocol import (
@@ -342,25 +342,14 @@ class _Call:
 
         conn, m, proto, pacer = self.conn, self.server.metrics, self.proto, self.pacer
         async for msg in self.live.messages():
+            m.observe_live(msg, "twilio")
             t = type(msg)
             if isinstance(msg, dict):
-                kind = msg.get("type")
-                if kind == "latency":
-                    if msg.get("first_audio_ms") is not None:
-                        m.first_audio.labels("twilio").observe(msg["first_audio_ms"] / 1000)
-                    m.turn_seconds.labels("twilio").observe(msg["turn_ms"] / 1000)
-                elif kind == "interruption":
-                    m.interruptions.inc()
-                    if msg.get("cancel_ms") is not None:
-                        m.cancel.observe(msg["cancel_ms"] / 1000)
-                elif kind == "error":
+                if msg.get("type") == "error":
                     log.warning("phone stream %s: %s", proto.stream_sid, msg.get("message"))
             elif t is UserTurn:
                 log.info("phone stream %s: caller said %r", proto.stream_sid, msg.text[:200])
-            elif t is TurnEnd:
-                m.turns.labels("twilio", msg.reason).inc()
             elif t is ErrorEvent:
-                m.errors.labels(msg.stage or "unknown").inc()
                 log.warning("phone stream %s: turn error: %s", proto.stream_sid, msg.message)
             out: Outgoing = proto.translate(msg)
             if out.report is not None:

@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import AudioInputError, ConfigError, OmniAgentError
-from ..events import AudioChunk, ErrorEvent, TurnEnd, UserTurn, event_to_dict
+from ..events import AudioChunk, TurnEnd, UserTurn, event_to_dict
 from ..live import LiveSession
 from ..tasks import task_group
 from .webrtc_offer import OfferError, parse_offer
@@ -661,37 +661,20 @@ class WebRTCTransport:
                 if type(msg) is AudioChunk:
                     await track.push(msg)
                     continue
+                m.observe_live(msg, "webrtc")
                 if isinstance(msg, dict):
-                    kind = msg.get("type")
-                    if kind == "stop_playback":
+                    if msg.get("type") == "stop_playback":
                         track.flush(msg["turn_id"])
                         # We know what was sent: memory keeps what the peer was played.
                         live.report_playback(msg["turn_id"], track.played_ms(msg["turn_id"]), True)
-                    elif kind == "latency":
-                        if msg.get("first_audio_ms") is not None:
-                            m.first_audio.labels("webrtc").observe(msg["first_audio_ms"] / 1000)
-                        m.turn_seconds.labels("webrtc").observe(msg["turn_ms"] / 1000)
-                        if msg.get("asr_ms"):
-                            m.asr.observe(msg["asr_ms"] / 1000)
-                    elif kind == "trace":
-                        m.observe_trace(msg["trace"])
-                    elif kind == "interruption":
-                        m.interruptions.inc()
-                        if msg.get("cancel_ms") is not None:
-                            m.cancel.observe(msg["cancel_ms"] / 1000)
-                    elif kind == "error":
-                        m.errors.labels(msg.get("code", "live")).inc()
                     d = msg
                 else:
                     d = event_to_dict(msg)
                     if type(msg) is UserTurn:
                         d["text"] = msg.text
                     elif type(msg) is TurnEnd:
-                        m.turns.labels("webrtc", msg.reason).inc()
                         # The track's clock, not the Talker's, says when playback ends.
                         live.report_playback(msg.turn_id, track.played_ms(msg.turn_id), False)
-                    elif type(msg) is ErrorEvent:
-                        m.errors.labels(msg.stage or "unknown").inc()
                 conn.sending = monotonic()
                 await ws.send_text(_dumps(d))
                 conn.sending = 0.0
