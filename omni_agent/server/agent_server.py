@@ -30,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -40,7 +41,7 @@ import struct
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from time import monotonic
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -76,6 +77,9 @@ WS_POLICY = 1008
 WS_TOO_BIG = 1009
 WS_INTERNAL = 1011
 WS_TRY_LATER = 1013
+#: The WebSocket close code of each refusal :meth:`AgentServer.live_refusal` gives.
+LIVE_REFUSAL_CLOSE = {"shutting_down": WS_TRY_LATER, "too_many_sessions": WS_POLICY,
+                      "server_full": WS_TRY_LATER}
 
 
 @dataclass
@@ -691,6 +695,69 @@ class AgentServer:
 
     # ------------------------------------------------------------------ WebSocket
 
+    def live_refusal(self, client: str, noun: str = "live session") -> tuple[str, str] | None:
+        """Why another live session of ``client`` cannot be opened now, as (error code,
+        message) — the server drains, the client has its most open, the server is full — or
+        None. Every transport asks this and says it its own way (a close code, an HTTP status:
+        :data:`LIVE_REFUSAL_CLOSE`)."""
+        cfg = self.config
+        if self.draining:
+            return "shutting_down", "the server is shutting down"
+        if self._per_client[client] >= cfg.max_sessions_per_client:
+            return ("too_many_sessions", f"this client already has {cfg.max_sessions_per_client} "
+                    f"{noun}s open: close one first")
+        if len(self._conns) >= cfg.max_sessions:
+            return "server_full", f"the server has no room for another {noun}: try again later"
+        return None
+
+    async def live_vad(self) -> VAD:
+        """The VAD of live sessions (silero from the speech extra unless one was given),
+        loaded on first use in a worker thread. Raises :class:`OmniAgentError` when it
+        cannot be loaded."""
+        if self._vad is None:
+            from ..live import default_vad
+
+            self._vad = await asyncio.to_thread(default_vad)
+        return self._vad
+
+    async def hold_live(self, conn: "_Conn", sid: str, *, send_loop: Callable[[anyio.CancelScope], Awaitable[None]],
+                        receive_loop: Callable[[], Awaitable[None]], forget: bool,
+                        hello: dict[str, Any] | None = None) -> None:
+        """Run one live connection to its end, for every WebSocket transport: claim its
+        session id and slot, accept (and send ``hello``), then own its tasks — the live
+        session's turns, ``send_loop`` and ``receive_loop`` (this task); whichever of the
+        two ends first ends the connection, and the block cancels and awaits the rest.
+        Then free what it held, close the session (forgotten when ``forget`` and the server
+        is not draining: its client may resume on another replica) and close the socket
+        with the connection's reason. Call it right after the admission checks, with no
+        await between: the claim must be atomic with them."""
+        ws, client = conn.ws, conn.client
+        self._in_use.add(sid)
+        self._per_client[client] += 1
+        self._conns.add(conn)
+        try:
+            await ws.accept()
+            if hello is not None:
+                await ws.send_text(json.dumps(hello))
+            async with conn.live, task_group() as tg:
+                conn.scope = tg.cancel_scope
+                tg.start_soon(send_loop, tg.cancel_scope)
+                await receive_loop()
+                tg.cancel_scope.cancel()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            # The client went away or we are closing: its turn is stopped, free what it owned.
+            self._conns.discard(conn)
+            self._in_use.discard(sid)
+            _release(self._per_client, client)
+            await self.agent.aclose_session(sid, forget=forget and not self.draining)
+            if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
+                code, reason = conn.close_reason or (1000, "")
+                with contextlib.suppress(Exception):
+                    with anyio.move_on_after(1.0):  # a client that reads nothing gets no say
+                        await ws.close(code, reason[:120])
+
     async def _refuse_ws(self, ws: WebSocket, code: int, err: str, message: str) -> None:
         self.metrics.rejected.labels(err).inc()
         await ws.accept()
@@ -744,31 +811,20 @@ class AgentServer:
                                   "missing or wrong token: connect with ?token=<token> or the "
                                   "header 'Authorization: Bearer <token>'")
             return
-        if self.draining:
-            await self._refuse_ws(ws, WS_TRY_LATER, "shutting_down", "the server is shutting down")
-            return
-        if self._per_client[client] >= self.config.max_sessions_per_client:
-            await self._refuse_ws(ws, WS_POLICY, "too_many_sessions",
-                                  f"this client already has {self.config.max_sessions_per_client} live "
-                                  "sessions open: close one first")
-            return
-        if len(self._conns) >= self.config.max_sessions:
-            await self._refuse_ws(ws, WS_TRY_LATER, "server_full", "the server has no room for "
-                                  "another live session: try again later")
+        refusal = self.live_refusal(client)
+        if refusal is not None:
+            await self._refuse_ws(ws, LIVE_REFUSAL_CLOSE[refusal[0]], *refusal)
             return
         try:
             live_cfg, binary = self._live_config(ws.query_params)
         except (ConfigError, ValueError) as e:
             await self._refuse_ws(ws, WS_POLICY, "bad_parameter", str(e))
             return
-        if self._vad is None:
-            try:
-                from ..live import default_vad
-
-                self._vad = await asyncio.to_thread(default_vad)
-            except OmniAgentError as e:
-                await self._refuse_ws(ws, WS_TRY_LATER, "no_vad", str(e))
-                return
+        try:
+            vad = await self.live_vad()
+        except OmniAgentError as e:
+            await self._refuse_ws(ws, WS_TRY_LATER, "no_vad", str(e))
+            return
         # ?session_id= resumes a conversation (after a reconnect, maybe to another replica
         # sharing the history store); such a session is the client's: its socket closing
         # does not forget it. A server-made id is forgotten with its socket, unless the
@@ -782,49 +838,26 @@ class AgentServer:
                                   "is running or it is live on another socket): close that one first")
             return
         sid = resumed or secrets.token_hex(8)
-        self._in_use.add(sid)
-        self._per_client[client] += 1
-        session = self.agent.session(sid)
-        conn = _Conn(ws, LiveSession(session, vad=self._vad, config=live_cfg), client, binary)
-        self._conns.add(conn)
+        conn = _Conn(ws, LiveSession(self.agent.session(sid), vad=vad, config=live_cfg), client, binary)
+        talker = self.agent.talker
+        hello = {
+            "type": "ready", "session_id": sid,
+            "input": {"format": "pcm_s16le", "sample_rate": live_cfg.sample_rate, "channels": 1},
+            "output": None if talker is None else {"format": "pcm_s16le",
+                                                   "sample_rate": talker.sample_rate,
+                                                   "channels": 1,
+                                                   "framing": "binary" if binary else "base64"},
+            "config": {f.name: getattr(live_cfg, f.name) for f in fields(LiveConfig)},
+            "limits": {"max_message_bytes": self.config.max_message_bytes,
+                       "max_audio_seconds": self.config.max_audio_seconds},
+        }
         parent = otel.attach_incoming(ws.headers)  # the handshake's traceparent: its turns' parent
         try:
-            await ws.accept()
-            talker = self.agent.talker
-            await ws.send_text(json.dumps({
-                "type": "ready", "session_id": sid,
-                "input": {"format": "pcm_s16le", "sample_rate": live_cfg.sample_rate, "channels": 1},
-                "output": None if talker is None else {"format": "pcm_s16le",
-                                                       "sample_rate": talker.sample_rate,
-                                                       "channels": 1,
-                                                       "framing": "binary" if binary else "base64"},
-                "config": {f.name: getattr(live_cfg, f.name) for f in fields(LiveConfig)},
-                "limits": {"max_message_bytes": self.config.max_message_bytes,
-                           "max_audio_seconds": self.config.max_audio_seconds},
-            }))
-            # The connection owns its tasks: the live session's turns, the sender and the
-            # receiver (this task). Whichever of sender and receiver ends first ends the
-            # connection; the block then cancels and awaits everything else.
-            async with conn.live, task_group() as tg:
-                conn.scope = tg.cancel_scope
-                tg.start_soon(self._send_loop, conn, tg.cancel_scope)
-                await self._receive_loop(conn)
-                tg.cancel_scope.cancel()
-        except WebSocketDisconnect:
-            pass
+            await self.hold_live(conn, sid, send_loop=functools.partial(self._send_loop, conn),
+                                 receive_loop=functools.partial(self._receive_loop, conn),
+                                 forget=self.config.forget_on_close and resumed is None, hello=hello)
         finally:
-            # The client went away or we are closing: its turn is stopped, free what it owned.
-            self._conns.discard(conn)
-            self._in_use.discard(sid)
-            _release(self._per_client, client)
             otel.detach(parent)
-            await self.agent.aclose_session(
-                sid, forget=self.config.forget_on_close and resumed is None and not self.draining)
-            if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
-                code, reason = conn.close_reason or (1000, "")
-                with contextlib.suppress(Exception):
-                    with anyio.move_on_after(1.0):  # a client that reads nothing gets no say
-                        await ws.close(code, reason[:120])
 
     async def _send_loop(self, conn: _Conn, scope: anyio.CancelScope) -> None:
         """The sender; if it fails (or the client stops reading), the connection ends

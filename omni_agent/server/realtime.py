@@ -29,11 +29,10 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import ConfigError, OmniAgentError
 from ..live import LiveSession
-from ..tasks import task_group
 from .realtime_protocol import (
     Cancel,
     Command,
@@ -78,7 +77,7 @@ async def _refuse(server: "AgentServer", ws: WebSocket, close_code: int, code: s
 
 async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
     """One Realtime connection, from admission to close (the route's handler)."""
-    from .agent_server import (WS_POLICY, WS_TRY_LATER, _Conn, _release)
+    from .agent_server import LIVE_REFUSAL_CLOSE, WS_POLICY, WS_TRY_LATER, _Conn
 
     client = ws.client.host if ws.client else "unknown"
     if not server._authorized(ws.headers, ws.query_params):
@@ -86,19 +85,11 @@ async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
                       "missing or wrong token: send the agent server's token as the API key "
                       "('Authorization: Bearer <token>') or as ?token=<token>")
         return
-    if server.draining:
-        await _refuse(server, ws, WS_TRY_LATER, "shutting_down", "the server is shutting down")
+    refusal = server.live_refusal(client)
+    if refusal is not None:
+        await _refuse(server, ws, LIVE_REFUSAL_CLOSE[refusal[0]], *refusal)
         return
     cfg = server.config
-    if server._per_client[client] >= cfg.max_sessions_per_client:
-        await _refuse(server, ws, WS_POLICY, "too_many_sessions",
-                      f"this client already has {cfg.max_sessions_per_client} live sessions open: "
-                      "close one first")
-        return
-    if len(server._conns) >= cfg.max_sessions:
-        await _refuse(server, ws, WS_TRY_LATER, "server_full",
-                      "the server has no room for another session: try again later")
-        return
     q = ws.query_params
     unknown = set(q) - _PARAMS
     if unknown:
@@ -110,15 +101,11 @@ async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
         await _refuse(server, ws, WS_POLICY, "invalid_parameter",
                       "model must be 1-128 letters, digits or _.:/-")
         return
-    if server._vad is None:
-        try:
-            from ..live import default_vad
-
-            server._vad = await asyncio.to_thread(default_vad)
-        except OmniAgentError as e:
-            await _refuse(server, ws, WS_TRY_LATER, "no_vad", str(e))
-            return
-    vad = server._vad
+    try:
+        vad = await server.live_vad()
+    except OmniAgentError as e:
+        await _refuse(server, ws, WS_TRY_LATER, "no_vad", str(e))
+        return
     live_cfg = replace(cfg.live, sample_rate=vad.sample_rate)
     talker = server.agent.talker
     proto = RealtimeProtocol(
@@ -127,36 +114,11 @@ async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
         limits=RealtimeLimits(max_message_bytes=cfg.max_message_bytes,
                               max_buffer_seconds=min(300.0, cfg.max_audio_seconds)))
     sid = secrets.token_hex(8)
-    server._in_use.add(sid)
-    server._per_client[client] += 1
-    session = server.agent.session(sid)
-    conn = _Conn(ws, LiveSession(session, vad=vad, config=live_cfg), client, False)
-    server._conns.add(conn)
+    conn = _Conn(ws, LiveSession(server.agent.session(sid), vad=vad, config=live_cfg), client, False)
     link = _Link(server, conn, proto)
-    try:
-        await ws.accept()
-        await ws.send_text(json.dumps(proto.session_created()))
-        # The connection owns its tasks: the live session's turns, the sender and the
-        # receiver (this task). Whichever of sender and receiver ends first ends the
-        # connection; the block then cancels and awaits everything else.
-        async with conn.live, task_group() as tg:
-            conn.scope = tg.cancel_scope
-            tg.start_soon(link.send_loop, tg.cancel_scope)
-            await link.receive_loop()
-            tg.cancel_scope.cancel()
-    except WebSocketDisconnect:
-        pass
-    finally:
-        server._conns.discard(conn)
-        server._in_use.discard(sid)
-        _release(server._per_client, client)
-        # As /v1/live: forgotten with its socket, unless the server drains (it may resume elsewhere).
-        await server.agent.aclose_session(sid, forget=cfg.forget_on_close and not server.draining)
-        if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
-            code, reason = conn.close_reason or (1000, "")
-            with contextlib.suppress(Exception):
-                with anyio.move_on_after(1.0):
-                    await ws.close(code, reason[:120])
+    # As /v1/live: forgotten with its socket, unless the server drains (it may resume elsewhere).
+    await server.hold_live(conn, sid, send_loop=link.send_loop, receive_loop=link.receive_loop,
+                           forget=cfg.forget_on_close, hello=proto.session_created())
 
 
 class _Link:

@@ -40,12 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import OmniAgentError
 from ..events import ErrorEvent, UserTurn
 from ..live import LiveSession
-from ..tasks import task_group
 from .twilio_protocol import (
     PHONE_RATE,
     Dtmf,
@@ -129,7 +128,7 @@ def _token_ok(server: AgentServer, ws: WebSocket) -> bool:
 
 async def serve_twilio(server: AgentServer, ws: WebSocket) -> None:
     """One phone call's Media Stream, from admission to close (the route's handler)."""
-    from .agent_server import WS_POLICY, WS_TRY_LATER, _Conn, _release
+    from .agent_server import LIVE_REFUSAL_CLOSE, WS_POLICY, WS_TRY_LATER, _Conn
 
     client = ws.client.host if ws.client else "unknown"
     cfg = server.config
@@ -145,24 +144,15 @@ async def serve_twilio(server: AgentServer, ws: WebSocket) -> None:
         await _refuse(server, ws, WS_POLICY, "bad_signature", "missing or wrong X-Twilio-Signature "
                       "(behind a proxy, set twilio.public_url to the wss:// host Twilio dials)")
         return
-    if server.draining:
-        await _refuse(server, ws, WS_TRY_LATER, "shutting_down", "the server is shutting down")
+    refusal = server.live_refusal(client, noun="call")
+    if refusal is not None:
+        await _refuse(server, ws, LIVE_REFUSAL_CLOSE[refusal[0]], *refusal)
         return
-    if server._per_client[client] >= cfg.max_sessions_per_client:
-        await _refuse(server, ws, WS_POLICY, "too_many_sessions",
-                      f"this address already has {cfg.max_sessions_per_client} sessions open")
+    try:
+        vad = await server.live_vad()  # the live session's own stream resamples to its rate
+    except OmniAgentError as e:
+        await _refuse(server, ws, WS_TRY_LATER, "no_vad", str(e))
         return
-    if len(server._conns) >= cfg.max_sessions:
-        await _refuse(server, ws, WS_TRY_LATER, "server_full", "no room for another call now")
-        return
-    if server._vad is None:
-        try:
-            from ..live import default_vad
-
-            server._vad = await asyncio.to_thread(default_vad)
-        except OmniAgentError as e:
-            await _refuse(server, ws, WS_TRY_LATER, "no_vad", str(e))
-            return
     if server.agent.talker is None:
         await _refuse(server, ws, WS_POLICY, "no_talker", "this agent has no Talker: a phone call "
                       "needs one to answer")
@@ -174,31 +164,10 @@ async def serve_twilio(server: AgentServer, ws: WebSocket) -> None:
     # The live session takes the line's 8 kHz; its own soxr stream resamples for the VAD.
     live_cfg = replace(cfg.live, sample_rate=PHONE_RATE)
     sid = "call-" + secrets.token_hex(8)
-    server._in_use.add(sid)
-    server._per_client[client] += 1
-    conn = _Conn(ws, LiveSession(server.agent.session(sid), vad=server._vad, config=live_cfg),
-                 client, False)
-    server._conns.add(conn)
+    conn = _Conn(ws, LiveSession(server.agent.session(sid), vad=vad, config=live_cfg), client, False)
     call = _Call(server, conn, proto, tcfg)
-    try:
-        await ws.accept()
-        async with conn.live, task_group() as tg:
-            conn.scope = tg.cancel_scope
-            tg.start_soon(call.send_loop, tg.cancel_scope)
-            await call.receive_loop()
-            tg.cancel_scope.cancel()
-    except WebSocketDisconnect:
-        pass
-    finally:
-        server._conns.discard(conn)
-        server._in_use.discard(sid)
-        _release(server._per_client, client)
-        await server.agent.aclose_session(sid, forget=cfg.forget_on_close and not server.draining)
-        if ws.application_state == WebSocketState.CONNECTED and not conn.closing:
-            code, reason = conn.close_reason or (1000, "")
-            with contextlib.suppress(Exception):
-                with anyio.move_on_after(1.0):
-                    await ws.close(code, reason[:120])
+    await server.hold_live(conn, sid, send_loop=call.send_loop, receive_loop=call.receive_loop,
+                           forget=cfg.forget_on_close)
 
 
 class _Pacer:

@@ -58,6 +58,9 @@ __all__ = ["ReplyTrack", "WebRTCConfig", "WebRTCTransport", "webrtc_available"]
 
 log = logging.getLogger(__name__)
 
+#: The HTTP status of each refusal AgentServer.live_refusal gives (an offer is HTTP).
+_REFUSAL_STATUS = {"shutting_down": 503, "too_many_sessions": 429, "server_full": 503}
+
 #: Opus in WebRTC runs at 48 kHz; one frame is 20 ms.
 OUT_RATE = 48000
 FRAME_SAMPLES = 960
@@ -399,15 +402,12 @@ class WebRTCTransport:
             if server.draining or self._tg is None:
                 raise _Refuse(503, "shutting_down", "the server is shutting down (or not started)")
             client = request.client.host if request.client else "unknown"
-            cfg = server.config
             if self._count >= self.config.max_peers:
                 raise _Refuse(503, "server_full", f"{self.config.max_peers} WebRTC peers are connected, "
                               "the most this server takes: try again later")
-            if server._per_client[client] >= cfg.max_sessions_per_client:
-                raise _Refuse(429, "too_many_sessions", f"this client already has "
-                              f"{cfg.max_sessions_per_client} live sessions open: close one first")
-            if len(server._conns) >= cfg.max_sessions:
-                raise _Refuse(503, "server_full", "the server has no room for another live session")
+            refusal = server.live_refusal(client)
+            if refusal is not None:
+                raise _Refuse(_REFUSAL_STATUS[refusal[0]], *refusal)
             try:
                 live_cfg, _ = server._live_config(request.query_params)
             except (ConfigError, ValueError) as e:
@@ -418,14 +418,11 @@ class WebRTCTransport:
             body = await server._body(request, self.config.max_offer_bytes)
             offer = parse_offer(body, request.headers.get("content-type", ""),
                                 max_bytes=self.config.max_offer_bytes)
-            if server._vad is None:
-                try:
-                    from ..live import default_vad
-
-                    server._vad = await asyncio.to_thread(default_vad)
-                except OmniAgentError as e:
-                    raise _Refuse(503, "no_vad", str(e)) from None
-            live_cfg = replace(live_cfg, sample_rate=server._vad.sample_rate)
+            try:
+                vad = await server.live_vad()
+            except OmniAgentError as e:
+                raise _Refuse(503, "no_vad", str(e)) from None
+            live_cfg = replace(live_cfg, sample_rate=vad.sample_rate)
             slot = _Slot(self, client)
             try:
                 answer = await self._tg.start(self._serve, offer, slot, live_cfg)
