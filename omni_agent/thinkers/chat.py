@@ -1,16 +1,21 @@
-"""What the local backends (transformers, llama.cpp) share to turn a request into the
-message dicts a chat template renders, and to refuse input they cannot read."""
+"""What the local backends (transformers, llama.cpp) share: turning a request into the
+message dicts a chat template renders, refusing input they cannot read, and the worker
+thread that runs their generations."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
-from typing import Any, Iterable
+import threading
+from typing import Any, AsyncIterator, Callable, Iterable
 
-from ..errors import UnsupportedInputError
+from ..bridge import WorkerClosed, from_thread
+from ..errors import ThinkerError, UnsupportedInputError
 from ..events import AudioPart, TextPart
 from ..thinker import Message, ThinkerRequest
 
-__all__ = ["message_text", "chat_messages", "template_tool_fields", "check_input"]
+__all__ = ["message_text", "chat_messages", "template_tool_fields", "check_input",
+           "GenerationWorker"]
 
 
 def message_text(m: Message) -> str:
@@ -78,3 +83,55 @@ def check_input(request: ThinkerRequest, accepts: Iterable[str], model_name: str
                 f"only and cannot read {p.kind} input. Use a Thinker that accepts {p.kind} "
                 "(e.g. backend 'openai' against a multimodal server such as vLLM-Omni), "
                 f"or send the turn without the {p.kind}.")
+
+
+class GenerationWorker:
+    """The worker thread of a local backend: one generation at a time (a small model would
+    only compete with itself for the same cores, and a llama.cpp context is not
+    thread-safe), its events handed to the loop through the shared bridge, a stop flag per
+    generation that the consumer leaving (barge-in) or :meth:`close` sets.
+
+    ``generate(send, stop)`` runs in the thread: it hands each event to ``send`` (which
+    returns True once the consumer has gone) and checks ``stop`` between tokens."""
+
+    def __init__(self, thread_name: str, initializer: Callable[[], None] | None = None,
+                 max_ahead: int = 64):
+        self.thread_name = thread_name
+        self.initializer = initializer
+        self.max_ahead = max_ahead  # events the thread may run ahead of a slow consumer
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._active: set[threading.Event] = set()
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The thread (started on first use; a new one after :meth:`close`)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=self.thread_name, initializer=self.initializer)
+        return self._executor
+
+    async def stream(self, generate: Callable[[Callable[[Any], bool], threading.Event], None],
+                     request: ThinkerRequest, model_name: str) -> AsyncIterator[Any]:
+        """Run ``generate`` in the thread; yield its events, stamped with the request's ids."""
+        stop = threading.Event()
+        self._active.add(stop)
+        events = from_thread(lambda send: generate(send, stop), executor=self.executor(),
+                             max_ahead=self.max_ahead)
+        try:
+            async for item in events:
+                item.session_id = request.session_id
+                item.turn_id = request.turn_id
+                yield item
+        except WorkerClosed:
+            raise ThinkerError(f"{model_name} was closed before it could answer") from None
+        finally:
+            stop.set()
+            self._active.discard(stop)
+            await events.aclose()
+
+    def close(self) -> None:
+        """Stop the thread: running generations stop at their next token."""
+        for stop in list(self._active):
+            stop.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

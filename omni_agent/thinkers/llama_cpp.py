@@ -32,7 +32,6 @@ transformers backend, which dequantizes the same file to float32 (``bench/thinke
 from __future__ import annotations
 
 import codecs
-import concurrent.futures
 import contextlib
 import importlib.util
 import logging
@@ -41,11 +40,10 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
-from ..bridge import WorkerClosed, from_thread
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
 from ..events import Event, Finish, TextDelta
 from ..thinker import ThinkerRequest
-from .chat import chat_messages, check_input
+from .chat import GenerationWorker, chat_messages, check_input
 from .transformers import EMBEDDED_NAME, _TextRouter, default_cache_dir, embedded_gguf_path
 
 __all__ = ["LlamaCppThinker", "llama_cpp_available", "LLAMA_CPP_MISSING"]
@@ -131,8 +129,7 @@ class LlamaCppThinker:
         self._eog: frozenset[int] = frozenset()
         self._ll_tokenizer: Any = None
         self._lock = threading.Lock()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._active: set[threading.Event] = set()
+        self._worker = GenerationWorker("omni-llama", max_ahead=_QUEUE_SIZE)
 
     @classmethod
     def default(cls, **kwargs: Any) -> "LlamaCppThinker":
@@ -321,32 +318,12 @@ class LlamaCppThinker:
 
     # ------------------------------------------------------------------ generation
 
-    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            # One worker: requests run one after another (the model would only compete
-            # with itself for the same cores, and a llama.cpp context is not thread-safe).
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="omni-llama")
-        return self._executor
-
     async def stream(self, request: ThinkerRequest) -> AsyncIterator[Event]:
         """Generate an answer to ``request.messages``, yielding events as tokens arrive."""
         self._check_input(request)
-        stop = threading.Event()
-        self._active.add(stop)
-        events = from_thread(lambda send: self._generate(request, send, stop),
-                             executor=self._worker(), max_ahead=_QUEUE_SIZE)
-        try:
-            async for item in events:
-                item.session_id = request.session_id
-                item.turn_id = request.turn_id
-                yield item
-        except WorkerClosed:
-            raise ThinkerError(f"{self.model_name} was closed before it could answer") from None
-        finally:
-            stop.set()
-            self._active.discard(stop)
-            await events.aclose()
+        async for item in self._worker.stream(lambda send, stop: self._generate(request, send, stop),
+                                              request, self.model_name):
+            yield item
 
     def _generate(self, request: ThinkerRequest, send: Callable[[Any], bool],
                   stop: threading.Event) -> None:
@@ -516,11 +493,7 @@ class LlamaCppThinker:
     async def aclose(self) -> None:
         """Stop the worker thread (running generation stops at the next token). The model
         stays loaded; a later :meth:`stream` starts a new worker."""
-        for stop in list(self._active):
-            stop.set()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._worker.close()
 
     def __repr__(self) -> str:
         return f"LlamaCppThinker({str(self.path)!r}, threads={self.threads})"

@@ -29,7 +29,6 @@ later starts load the cache in about a second.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import copy
 import hashlib
 import importlib.util
@@ -45,11 +44,10 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
-from ..bridge import WorkerClosed, from_thread
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
 from ..events import Event, Finish, ReasoningDelta, TextDelta, ToolCall
 from ..thinker import ThinkerRequest
-from .chat import chat_messages, check_input, template_tool_fields  # noqa: F401 - re-exported
+from .chat import GenerationWorker, chat_messages, check_input, template_tool_fields  # noqa: F401 - re-exported
 from .structured import response_format_constraint, tool_choice_constraint
 
 __all__ = ["TransformersThinker", "embedded_gguf_path", "default_cache_dir"]
@@ -139,8 +137,8 @@ class TransformersThinker:
         self.loaded_from: str | None = None  # "cache", "gguf", "directory" or "hub"
         self.load_seconds: float | None = None
         self._lock = threading.Lock()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._active: set[threading.Event] = set()  # stop flags of running generations
+        self._worker = GenerationWorker("omni-thinker", initializer=self._set_threads,
+                                        max_ahead=_QUEUE_SIZE)
 
     # ------------------------------------------------------------------ construction
 
@@ -373,14 +371,6 @@ class TransformersThinker:
         """How many tokens ``text`` takes for this model (no special tokens)."""
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            # One worker: requests run one after another (the model would only compete
-            # with itself for the same cores).
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="omni-thinker", initializer=self._set_threads)
-        return self._executor
-
     def _check_input(self, request: ThinkerRequest) -> None:
         check_input(request, self.accepts, self.model_name, "transformers")
 
@@ -413,25 +403,12 @@ class TransformersThinker:
         ``tool_choice`` cannot be kept."""
         self._check_input(request)
         constraints = self._constraints(request)
-        loop = asyncio.get_running_loop()
-        executor = self._worker()
         if self.model is None:
-            await loop.run_in_executor(executor, self.load)
-        stop = threading.Event()
-        self._active.add(stop)
-        events = from_thread(lambda emit: self._generate(request, emit, stop, constraints),
-                             executor=executor, max_ahead=_QUEUE_SIZE)
-        try:
-            async for item in events:
-                item.session_id = request.session_id
-                item.turn_id = request.turn_id
-                yield item
-        except WorkerClosed:
-            raise ThinkerError(f"{self.model_name} was closed before it could answer") from None
-        finally:
-            stop.set()
-            self._active.discard(stop)
-            await events.aclose()
+            await asyncio.get_running_loop().run_in_executor(self._worker.executor(), self.load)
+        async for item in self._worker.stream(
+                lambda send, stop: self._generate(request, send, stop, constraints),
+                request, self.model_name):
+            yield item
 
     @staticmethod
     def _constraints(request: ThinkerRequest) -> list[Callable[..., Any]]:
@@ -544,11 +521,7 @@ class TransformersThinker:
     async def aclose(self) -> None:
         """Stop the worker thread (running generation stops at the next token). The model
         stays loaded; a later :meth:`stream` starts a new worker."""
-        for stop in list(self._active):
-            stop.set()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._worker.close()
 
 
 class _Stopped(Exception):
