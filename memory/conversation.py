@@ -133,7 +133,60 @@ CREATE TABLE IF NOT EXISTS summaries (
 """
 
 
-class ConversationMemory:
+class TokenBudget:
+    """What a history store with a token budget shares, whatever it stores in (SQLite,
+    Redis): the budget's settings, counting tokens, keeping the newest turns that fit, the
+    summary message and rendering turns as messages. See :class:`ConversationMemory` for
+    the settings."""
+
+    def __init__(self, *, max_tokens: int = 2048, max_turns: int | None = None,
+                 counter: TokenCounter | None = None, summarizer: Summarizer | None = None,
+                 interrupted_note: str = ""):
+        if max_tokens < 1:
+            raise ConfigError(f"history max_tokens must be at least 1, got {max_tokens}")
+        if max_turns is not None and max_turns < 1:
+            raise ConfigError(f"history max_turns must be at least 1, got {max_turns}")
+        self.max_tokens = max_tokens
+        self.max_turns = max_turns
+        self.counter: TokenCounter = counter or estimate_tokens
+        self.summarizer = summarizer
+        self.interrupted_note = interrupted_note
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens these messages take by this memory's counter (with per-message overhead)."""
+        return sum(self.counter(_message_text(m)) + PER_MESSAGE_TOKENS for m in messages)
+
+    def _fit(self, turns: list[StoredTurn], fixed: Message | None) -> tuple[list[StoredTurn], list[StoredTurn]]:
+        """Keep the newest turns that fit the budget; returns (kept, dropped), both oldest first."""
+        budget = self.max_tokens - (self.count_tokens([fixed]) if fixed is not None else 0)
+        kept: list[StoredTurn] = []
+        for t in reversed(turns):
+            cost = self.count_tokens(t.messages)
+            if cost > budget or (self.max_turns is not None and len(kept) >= self.max_turns):
+                break
+            budget -= cost
+            kept.append(t)
+        kept.reverse()
+        return kept, turns[: len(turns) - len(kept)]
+
+    def _render(self, kept: list[StoredTurn], fixed: Message | None) -> list[Message]:
+        """The kept turns as messages, after the summary (an interrupted reply noted)."""
+        out: list[Message] = [fixed] if fixed is not None else []
+        for t in kept:
+            msgs = t.messages
+            if t.interrupted and self.interrupted_note and msgs and msgs[-1].role == "assistant":
+                msgs = msgs[:-1] + [Message("assistant", msgs[-1].text + self.interrupted_note)]
+            out.extend(msgs)
+        return out
+
+    @staticmethod
+    def _summary_message(summary: str | None) -> Message | None:
+        if not summary:
+            return None
+        return Message("system", f"Summary of the earlier conversation: {summary}")
+
+
+class ConversationMemory(TokenBudget):
     """Persistent per-session history with a token budget (the agent's ``history``).
 
     * ``path`` — the SQLite file, or a directory to put ``history.sqlite3`` in (default
@@ -159,15 +212,8 @@ class ConversationMemory:
         summarizer: Summarizer | None = None,
         interrupted_note: str = "",
     ):
-        if max_tokens < 1:
-            raise ConfigError(f"history max_tokens must be at least 1, got {max_tokens}")
-        if max_turns is not None and max_turns < 1:
-            raise ConfigError(f"history max_turns must be at least 1, got {max_turns}")
-        self.max_tokens = max_tokens
-        self.max_turns = max_turns
-        self.counter: TokenCounter = counter or estimate_tokens
-        self.summarizer = summarizer
-        self.interrupted_note = interrupted_note
+        super().__init__(max_tokens=max_tokens, max_turns=max_turns, counter=counter,
+                         summarizer=summarizer, interrupted_note=interrupted_note)
         self.path = self._resolve(path)
         self._lock = threading.Lock()
         self._db = self._open()
@@ -235,14 +281,7 @@ class ConversationMemory:
             self._store_summary(session_id, dropped[-1].index, summary)
             fixed = self._summary_message(summary)
             kept, dropped = self._fit(kept, fixed)
-        out: list[Message] = [fixed] if fixed is not None else []
-        for t in kept:
-            msgs = t.messages
-            if t.interrupted and self.interrupted_note and msgs and msgs[-1].role == "assistant":
-                last = msgs[-1]
-                msgs = msgs[:-1] + [Message("assistant", last.text + self.interrupted_note)]
-            out.extend(msgs)
-        return out
+        return self._render(kept, fixed)
 
     # ------------------------------------------------------------------ more
 
@@ -305,10 +344,6 @@ class ConversationMemory:
                 raise HistoryError(f"cannot update the history in {self.path}: {e}") from e
         return True
 
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Tokens these messages take by this memory's counter (with per-message overhead)."""
-        return sum(self.counter(_message_text(m)) + PER_MESSAGE_TOKENS for m in messages)
-
     # ------------------------------------------------------------------ internals
 
     @contextlib.contextmanager
@@ -322,20 +357,6 @@ class ConversationMemory:
             raise
         self._db.execute("COMMIT")
 
-    def _fit(self, turns: list[StoredTurn], fixed: Message | None) -> tuple[list[StoredTurn], list[StoredTurn]]:
-        """Keep the newest turns that fit the budget; returns (kept, dropped), both oldest first."""
-        budget = self.max_tokens - (self.count_tokens([fixed]) if fixed is not None else 0)
-        kept: list[StoredTurn] = []
-        for t in reversed(turns):
-            cost = self.count_tokens(t.messages)
-            if cost > budget or (self.max_turns is not None and len(kept) >= self.max_turns):
-                break
-            budget -= cost
-            kept.append(t)
-        kept.reverse()
-        dropped = turns[: len(turns) - len(kept)]
-        return kept, dropped
-
     def _summary(self, session_id: str) -> tuple[int, str | None]:
         with self._lock:
             row = self._db.execute("SELECT upto, text FROM summaries WHERE session_id=?",
@@ -345,12 +366,6 @@ class ConversationMemory:
     def _store_summary(self, session_id: str, upto: int, text: str) -> None:
         with self._lock, self._tx():
             self._db.execute("INSERT OR REPLACE INTO summaries VALUES (?, ?, ?)", (session_id, upto, text))
-
-    @staticmethod
-    def _summary_message(summary: str | None) -> Message | None:
-        if not summary:
-            return None
-        return Message("system", f"Summary of the earlier conversation: {summary}")
 
     def __repr__(self) -> str:
         return f"ConversationMemory({self.path!r}, max_tokens={self.max_tokens})"

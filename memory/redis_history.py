@@ -70,8 +70,8 @@ from omni_agent.errors import ConfigError
 from omni_agent.history import HistoryUnavailable
 from omni_agent.thinker import Message
 
-from .conversation import (PER_MESSAGE_TOKENS, HistoryError, StoredTurn, TokenCounter, _message_from_json,
-                           _message_text, _message_to_json, estimate_tokens)
+from .conversation import (HistoryError, StoredTurn, TokenBudget, TokenCounter, _message_from_json,
+                           _message_to_json)
 
 __all__ = ["RedisHistory", "HistoryStoreDown", "REDIS_SCHEMES"]
 
@@ -159,7 +159,7 @@ class _StoreSummary:
 _Step = _ReadTail | _Summarize | _StoreSummary
 
 
-class RedisHistory:
+class RedisHistory(TokenBudget):
     """Per-session history on a Redis server, with a token budget (the agent's ``history``).
 
     * ``url`` — ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
@@ -194,10 +194,8 @@ class RedisHistory:
         if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
             raise ConfigError(f"history store {url!r} is not a Redis URL: give "
                               "redis://host:port/db, rediss://host:port/db or unix:///path/to/redis.sock")
-        if max_tokens < 1:
-            raise ConfigError(f"history max_tokens must be at least 1, got {max_tokens}")
-        if max_turns is not None and max_turns < 1:
-            raise ConfigError(f"history max_turns must be at least 1, got {max_turns}")
+        super().__init__(max_tokens=max_tokens, max_turns=max_turns, counter=counter,
+                         summarizer=summarizer, interrupted_note=interrupted_note)
         if max_stored_turns < 1 or (max_turns is not None and max_stored_turns < max_turns):
             raise ConfigError(f"history max_stored_turns must be at least 1 and at least max_turns, "
                               f"got {max_stored_turns}")
@@ -212,11 +210,6 @@ class RedisHistory:
         except ImportError as e:
             raise ConfigError("a Redis history store needs redis-py: pip install 'omni-agent[redis]'") from e
         self.url = url
-        self.max_tokens = max_tokens
-        self.max_turns = max_turns
-        self.counter: TokenCounter = counter or estimate_tokens
-        self.summarizer = summarizer
-        self.interrupted_note = interrupted_note
         self.prefix = prefix
         self.ttl = ttl
         self.max_stored_turns = max_stored_turns
@@ -494,10 +487,6 @@ class RedisHistory:
         client, _ = self._sync_client()
         return self._parse(client.lrange(self._keys(session_id)[0], 0, -1))
 
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Tokens these messages take by this store's counter (with per-message overhead)."""
-        return sum(self.counter(_message_text(m)) + PER_MESSAGE_TOKENS for m in messages)
-
     # ------------------------------------------------------------------ writing
 
     def _pending_turn(self, session_id: str, messages: Sequence[Message], interrupted: bool) -> _Pending:
@@ -645,34 +634,6 @@ class RedisHistory:
             except (ValueError, KeyError, TypeError):
                 continue  # a damaged element costs that turn only, not the session
         return out
-
-    def _fit(self, turns: list[StoredTurn], fixed: Message | None) -> tuple[list[StoredTurn], list[StoredTurn]]:
-        """Keep the newest turns that fit the budget; returns (kept, dropped), both oldest first."""
-        budget = self.max_tokens - (self.count_tokens([fixed]) if fixed is not None else 0)
-        kept: list[StoredTurn] = []
-        for t in reversed(turns):
-            cost = self.count_tokens(t.messages)
-            if cost > budget or (self.max_turns is not None and len(kept) >= self.max_turns):
-                break
-            budget -= cost
-            kept.append(t)
-        kept.reverse()
-        return kept, turns[: len(turns) - len(kept)]
-
-    def _render(self, kept: list[StoredTurn], fixed: Message | None) -> list[Message]:
-        out: list[Message] = [fixed] if fixed is not None else []
-        for t in kept:
-            msgs = t.messages
-            if t.interrupted and self.interrupted_note and msgs and msgs[-1].role == "assistant":
-                msgs = msgs[:-1] + [Message("assistant", msgs[-1].text + self.interrupted_note)]
-            out.extend(msgs)
-        return out
-
-    @staticmethod
-    def _summary_message(summary: str | None) -> Message | None:
-        if not summary:
-            return None
-        return Message("system", f"Summary of the earlier conversation: {summary}")
 
     def __repr__(self) -> str:
         return f"RedisHistory({self._shown_url()!r}, max_tokens={self.max_tokens})"
