@@ -41,48 +41,46 @@ def _chroma_cli() -> str:
     raise FileNotFoundError("the `chroma` command was not found: pip install chromadb")
 
 
-class ChromaServer:
-    """A ``chroma run --path PATH --port PORT`` process; ``url`` once started.
+class _LoopbackServer:
+    """A server process of the tests' own on loopback: started with its log in a file,
+    waited for until it answers (or refused with the log's tail), stopped (terminate, then
+    kill). A subclass gives its ``url``, ``command()``, ``ready()`` check and ``name``."""
 
-    ``start()`` waits until the server answers its heartbeat (or raises with its log);
-    ``stop()`` ends it (the data stays in ``path``, so a new server on the same path
-    serves the same collections).
-    """
+    name = "server"
 
-    def __init__(self, path: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 startup_timeout: float = 30.0):
+    def __init__(self, path: str | Path, log_path: Path, *, port: int | None, host: str,
+                 startup_timeout: float, poll: float):
         self.path = Path(path)
         self.host = host
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
+        self.poll = poll
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.path.parent / f"{self.path.name}-chroma-{self.port}.log"
+        self.log_path = log_path
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        raise NotImplementedError
 
-    def start(self) -> "ChromaServer":
-        import httpx
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Any:
         self.path.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [_chroma_cli(), "run", "--path", str(self.path), "--host", self.host, "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/api/v2/heartbeat", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if self.ready():
+                return self
+            time.sleep(self.poll)
         self.stop()
-        raise RuntimeError(f"the Chroma server did not start on {self.url}; its log:\n"
+        raise RuntimeError(f"{self.name} did not start on {self.url}; its log:\n"
                            + self.log_path.read_text(errors="replace")[-2000:])
 
     def stop(self) -> None:
@@ -96,14 +94,47 @@ class ChromaServer:
             proc.kill()
             proc.wait()
 
-    def __enter__(self) -> "ChromaServer":
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
 
-class RedisServer:
+class ChromaServer(_LoopbackServer):
+    """A ``chroma run --path PATH --port PORT`` process; ``url`` once started.
+
+    ``start()`` waits until the server answers its heartbeat (or raises with its log);
+    ``stop()`` ends it (the data stays in ``path``, so a new server on the same path
+    serves the same collections).
+    """
+
+    name = "the Chroma server"
+
+    def __init__(self, path: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
+                 startup_timeout: float = 30.0):
+        path = Path(path)
+        port = port or free_port()
+        super().__init__(path, path.parent / f"{path.name}-chroma-{port}.log", port=port, host=host,
+                         startup_timeout=startup_timeout, poll=0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [_chroma_cli(), "run", "--path", str(self.path), "--host", self.host, "--port", str(self.port)]
+
+    def ready(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/api/v2/heartbeat", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class RedisServer(_LoopbackServer):
     """A throwaway ``redis-server`` on loopback for tests and benches (nothing is saved:
     ``--save '' --appendonly no``, its files go to ``path``); ``url`` once started.
 
@@ -114,14 +145,14 @@ class RedisServer:
             history = RedisHistory(redis.url)
     """
 
+    name = "redis-server"
+
     def __init__(self, path: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
                  startup_timeout: float = 10.0):
-        self.path = Path(path)
-        self.host = host
-        self.port = port or free_port()
-        self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.path / f"redis-{self.port}.log"
+        path = Path(path)
+        port = port or free_port()
+        super().__init__(path, path / f"redis-{port}.log", port=port, host=host,
+                         startup_timeout=startup_timeout, poll=0.05)
 
     @property
     def url(self) -> str:
@@ -136,41 +167,14 @@ class RedisServer:
                                     "(Debian/Ubuntu: apt-get install -y redis-server)")
         return found
 
-    def start(self) -> "RedisServer":
-        self.path.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [self.executable(), "--port", str(self.port), "--bind", self.host, "--save", "",
-             "--appendonly", "no", "--dir", str(self.path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on {self.url}; its log:\n"
-                           + self.log_path.read_text(errors="replace")[-2000:])
+    def command(self) -> list[str]:
+        return [self.executable(), "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--appendonly", "no", "--dir", str(self.path)]
 
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
+    def ready(self) -> bool:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def __enter__(self) -> "RedisServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+            with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
