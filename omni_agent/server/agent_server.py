@@ -720,13 +720,15 @@ class AgentServer:
             self._vad = await asyncio.to_thread(default_vad)
         return self._vad
 
-    async def hold_live(self, conn: "_Conn", sid: str, *, send_loop: Callable[[anyio.CancelScope], Awaitable[None]],
-                        receive_loop: Callable[[], Awaitable[None]], forget: bool,
+    async def hold_live(self, conn: "_Conn", sid: str, *, sender: Callable[[], Awaitable[None]],
+                        receive_loop: Callable[[], Awaitable[None]], forget: bool, what: str,
                         hello: dict[str, Any] | None = None) -> None:
         """Run one live connection to its end, for every WebSocket transport: claim its
         session id and slot, accept (and send ``hello``), then own its tasks — the live
-        session's turns, ``send_loop`` and ``receive_loop`` (this task); whichever of the
-        two ends first ends the connection, and the block cancels and awaits the rest.
+        session's turns, ``sender`` and ``receive_loop`` (this task); whichever of the
+        two ends first ends the connection, and the block cancels and awaits the rest. A
+        sender that fails ends the connection with a close code and a reason (``what``
+        names the transport in the log), instead of a session that answers nobody.
         Then free what it held, close the session (forgotten when ``forget`` and the server
         is not draining: its client may resume on another replica) and close the socket
         with the connection's reason. Call it right after the admission checks, with no
@@ -741,7 +743,7 @@ class AgentServer:
                 await ws.send_text(json.dumps(hello))
             async with conn.live, task_group() as tg:
                 conn.scope = tg.cancel_scope
-                tg.start_soon(send_loop, tg.cancel_scope)
+                tg.start_soon(self._send_loop, conn, sender, what, tg.cancel_scope)
                 await receive_loop()
                 tg.cancel_scope.cancel()
         except WebSocketDisconnect:
@@ -853,20 +855,22 @@ class AgentServer:
         }
         parent = otel.attach_incoming(ws.headers)  # the handshake's traceparent: its turns' parent
         try:
-            await self.hold_live(conn, sid, send_loop=functools.partial(self._send_loop, conn),
+            await self.hold_live(conn, sid, sender=functools.partial(self._sender, conn),
                                  receive_loop=functools.partial(self._receive_loop, conn),
-                                 forget=self.config.forget_on_close and resumed is None, hello=hello)
+                                 forget=self.config.forget_on_close and resumed is None,
+                                 what="live", hello=hello)
         finally:
             otel.detach(parent)
 
-    async def _send_loop(self, conn: _Conn, scope: anyio.CancelScope) -> None:
-        """The sender; if it fails (or the client stops reading), the connection ends
+    async def _send_loop(self, conn: _Conn, sender: Callable[[], Awaitable[None]], what: str,
+                         scope: anyio.CancelScope) -> None:
+        """``sender``; if it fails (or the client stops reading), the connection ends
         with a close code and a reason, instead of a session that answers nobody."""
         try:
-            await self._sender(conn)
+            await sender()
         except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
             if not _is_disconnect(e):
-                log.exception("live sender failed")
+                log.exception("%s sender failed", what)
                 conn.close_reason = (WS_INTERNAL, f"server error while sending: {type(e).__name__}")
                 self.metrics.errors.labels("sender").inc()
         scope.cancel()

@@ -28,7 +28,6 @@ from dataclasses import replace
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import ConfigError, OmniAgentError
@@ -117,8 +116,8 @@ async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
     conn = _Conn(ws, LiveSession(server.agent.session(sid), vad=vad, config=live_cfg), client, False)
     link = _Link(server, conn, proto)
     # As /v1/live: forgotten with its socket, unless the server drains (it may resume elsewhere).
-    await server.hold_live(conn, sid, send_loop=link.send_loop, receive_loop=link.receive_loop,
-                           forget=cfg.forget_on_close, hello=proto.session_created())
+    await server.hold_live(conn, sid, sender=link.send, receive_loop=link.receive_loop,
+                           forget=cfg.forget_on_close, what="realtime", hello=proto.session_created())
 
 
 class _Link:
@@ -226,19 +225,8 @@ class _Link:
 
     # ------------------------------------------------------------------ out
 
-    async def send_loop(self, scope: anyio.CancelScope) -> None:
-        from .agent_server import WS_INTERNAL, _is_disconnect
-
-        try:
-            await self._send()
-        except Exception as e:  # noqa: BLE001 - reported to the client as the close reason
-            if not _is_disconnect(e):
-                log.exception("realtime sender failed")
-                self.conn.close_reason = (WS_INTERNAL, f"server error while sending: {type(e).__name__}")
-                self.server.metrics.errors.labels("sender").inc()
-        scope.cancel()
-
-    async def _send(self) -> None:
+    async def send(self) -> None:
+        """Forward the live session's messages to the client (hold_live guards it)."""
         from .agent_server import _dumps
 
         conn, m, proto = self.conn, self.server.metrics, self.proto

@@ -166,8 +166,8 @@ async def serve_twilio(server: AgentServer, ws: WebSocket) -> None:
     sid = "call-" + secrets.token_hex(8)
     conn = _Conn(ws, LiveSession(server.agent.session(sid), vad=vad, config=live_cfg), client, False)
     call = _Call(server, conn, proto, tcfg)
-    await server.hold_live(conn, sid, send_loop=call.send_loop, receive_loop=call.receive_loop,
-                           forget=cfg.forget_on_close)
+    await server.hold_live(conn, sid, sender=call.send, receive_loop=call.receive_loop,
+                           forget=cfg.forget_on_close, what="phone stream")
 
 
 class _Pacer:
@@ -294,19 +294,8 @@ class _Call:
 
     # ------------------------------------------------------------------ out
 
-    async def send_loop(self, scope: anyio.CancelScope) -> None:
-        from .agent_server import WS_INTERNAL, _is_disconnect
-
-        try:
-            await self._send()
-        except Exception as e:
-            if not _is_disconnect(e):
-                log.exception("phone stream sender failed")
-                self.conn.close_reason = (WS_INTERNAL, f"server error while sending: {type(e).__name__}")
-                self.server.metrics.errors.labels("sender").inc()
-        scope.cancel()
-
-    async def _send(self) -> None:
+    async def send(self) -> None:
+        """Forward the live session's messages to the client (hold_live guards it)."""
         from .agent_server import _dumps
 
         conn, m, proto, pacer = self.conn, self.server.metrics, self.proto, self.pacer
