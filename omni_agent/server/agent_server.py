@@ -731,8 +731,8 @@ class AgentServer:
         names the transport in the log), instead of a session that answers nobody.
         Then free what it held, close the session (forgotten when ``forget`` and the server
         is not draining: its client may resume on another replica) and close the socket
-        with the connection's reason. Call it right after the admission checks, with no
-        await between: the claim must be atomic with them."""
+        with the connection's reason. Call it with no await after the checks that must
+        still hold when the id is claimed (that it is not in use)."""
         ws, client = conn.ws, conn.client
         self._in_use.add(sid)
         self._per_client[client] += 1
