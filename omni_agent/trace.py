@@ -114,6 +114,15 @@ class Trace:
         d = asdict(self)
         d["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
         d["holds"] = {k: round(v, 6) for k, v in self.holds.items()}
+        # The stage times (seconds since the turn started) to the microsecond, as timings.
+        for seg in d["segments"]:
+            for k in ("started", "ended"):
+                if seg.get(k) is not None:
+                    seg[k] = round(seg[k], 6)
+        for rnd in d["rounds"]:
+            for k in ("start", "end"):
+                if isinstance(rnd.get(k), float):
+                    rnd[k] = round(rnd[k], 6)
         return d
 
     def summary(self) -> str:
