@@ -473,6 +473,7 @@ class Session:
         self._ctx: TurnContext | None = None
         self._scope: anyio.CancelScope | None = None
         self._out: asyncio.Queue[Any] | None = None
+        self._forget = False  # the running turn was interrupted with forget=True
         self.last_trace: Trace | None = None
 
     @property
@@ -536,15 +537,20 @@ class Session:
             log.warning("session %s: the last reply was not cut to what was heard: %s", self.id, e)
             return False
 
-    def interrupt(self, reason: str = "barge-in") -> bool:
+    def interrupt(self, reason: str = "barge-in", *, forget: bool = False) -> bool:
         """Cancel the running turn — speech recognition, input hooks, Thinker, tools,
         Talker, a refusal's fallback line: whatever it is doing now stops. Returns False
-        when no turn was running. The turn's stream then ends with Interruption and TurnEnd."""
+        when no turn was running. The turn's stream then ends with Interruption and TurnEnd.
+
+        ``forget``: the turn leaves nothing in the history (a live session's preemptive
+        draft, started on an interim transcript that then changed, was never the user's
+        turn). Without it, memory keeps the user's turn and what was heard of the reply."""
         ctx, scope, out = self._ctx, self._scope, self._out
         if ctx is None or scope is None or out is None or ctx.interrupted:
             return False
         ctx.interrupted = True
         ctx.interrupt_reason = reason
+        self._forget = forget
         ctx.trace.mark("interrupted")
         scope.cancel()
         # Output queued but not yet read is moot now (it will not be played); the rest (the
@@ -594,6 +600,7 @@ class Session:
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=agent.out_buffer)
         # Claimed before the first await: a second turn is refused from now on.
         self._ctx, self._out, self._scope = ctx, out, anyio.CancelScope()
+        self._forget = False
         try:
             # The turn's own tasks never raise (their errors are events), so an exception
             # here came from the caller's block: task_group gives it back as raised.
@@ -689,7 +696,7 @@ class Session:
             for call in trace.tool_calls:
                 call["arguments"] = _redact(agent._show_redact, call.get("arguments"))
                 call["result"] = _redact(agent._show_redact, call.get("result"))
-        if reason != "error" and first_new is not None:
+        if reason != "error" and first_new is not None and not (interrupted and self._forget):
             # A failed turn (the Thinker could not answer) is not remembered: its input
             # would otherwise be re-sent, and fail again, on every later turn.
             turn_msgs = ctx.messages[first_new:]
