@@ -25,7 +25,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import anyio
 
@@ -474,6 +474,7 @@ class Session:
         self._scope: anyio.CancelScope | None = None
         self._out: asyncio.Queue[Any] | None = None
         self._forget = False  # the running turn was interrupted with forget=True
+        self._commit: Callable[[], Awaitable[bool]] | None = None  # see turn(commit=)
         self.last_trace: Trace | None = None
 
     @property
@@ -576,11 +577,17 @@ class Session:
                 yield ev
 
     @contextlib.asynccontextmanager
-    async def turn(self, turn: str | UserTurn) -> AsyncIterator[AsyncIterator[Event]]:
+    async def turn(self, turn: str | UserTurn, *,
+                   commit: Callable[[], Awaitable[bool]] | None = None,
+                   ) -> AsyncIterator[AsyncIterator[Event]]:
         """One turn as an async context manager: its task group owns the Thinker side,
         the Talker side and any tool calls; leaving the block cancels whatever is still
         running and waits for it. Raises :class:`OmniAgentError` at once when a turn is
-        already running on this session."""
+        already running on this session.
+
+        ``commit``: awaited when the turn's work is done, before it is saved to the
+        history; False: the turn is forgotten (nothing saved). A live session's
+        preemptive draft waits here until the user's end of turn is confirmed."""
         if self._ctx is not None:
             raise OmniAgentError(f"session {self.id} is already running a turn: wait for it "
                                  "or call interrupt() first")
@@ -601,6 +608,7 @@ class Session:
         # Claimed before the first await: a second turn is refused from now on.
         self._ctx, self._out, self._scope = ctx, out, anyio.CancelScope()
         self._forget = False
+        self._commit = commit
         try:
             # The turn's own tasks never raise (their errors are events), so an exception
             # here came from the caller's block: task_group gives it back as raised.
@@ -696,6 +704,8 @@ class Session:
             for call in trace.tool_calls:
                 call["arguments"] = _redact(agent._show_redact, call.get("arguments"))
                 call["result"] = _redact(agent._show_redact, call.get("result"))
+        if self._commit is not None and not await self._commit():
+            self._forget = interrupted = True  # a discarded draft: nothing of it is kept
         if reason != "error" and first_new is not None and not (interrupted and self._forget):
             # A failed turn (the Thinker could not answer) is not remembered: its input
             # would otherwise be re-sent, and fail again, on every later turn.
