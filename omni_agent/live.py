@@ -1,18 +1,31 @@
-"""Live voice sessions: audio streams in, VAD finds each turn, the user can barge in.
+"""Live voice sessions: audio streams in, the user's turns are found in it, the user can
+barge in.
 
 A :class:`LiveSession` wraps one agent :class:`~omni_agent.agent.Session` for a caller
-that streams microphone audio (the WebSocket server, a desktop app, a phone bridge)::
+that streams microphone audio (the WebSocket server, WebRTC, a phone bridge)::
 
     async with LiveSession(agent.session(), vad=vad) as live:   # owns the session's tasks
         live.feed(pcm16_bytes)              # as audio arrives, any chunk size
         async for msg in live.messages():   # events (UserTurn, Utterance, AudioChunk, TurnEnd,
             ...                             # Interruption ...) and small control dicts
 
-What it does with the audio:
+What it does with the audio (the VAD and the :class:`~omni_agent.vad.Endpointer` are in
+:mod:`omni_agent.vad`; playback accounting is in :mod:`omni_agent.playback`):
 
-* a streaming VAD scores each frame; speech lasting ``min_speech_ms`` starts a user turn,
-  ``end_silence_ms`` of silence ends it, and the turn's audio goes to the agent's ears
-  (ASR) and then the Thinker;
+* **streaming ears**: speech lasting ``min_speech_ms`` starts a user turn; at every pause
+  (``pause_ms`` of silence) the speech so far is transcribed in the background, and the
+  interim transcript goes out (``transcript``, ``final: false``), so when the turn ends
+  only the last piece is left to recognise;
+* **semantic end of turn**: at a pause the transcript so far is scored by a turn detector
+  (:mod:`omni_agent.turn_detector`: the embedded model's probability that the user is
+  done); a complete sentence ends the turn after ``min_end_silence_ms`` of silence, an
+  unfinished one waits up to ``max_end_silence_ms``. Off (``semantic_turn=False``), or
+  without a transcript, ``end_silence_ms`` of silence ends it;
+* **preemptive thinking**: when the detector says the sentence is complete, the agent's
+  turn starts at once as a *draft* on the interim transcript: the bus runs as always, but
+  nothing of it is sent (spoken) or remembered until the end of turn is confirmed with
+  the same transcript. When the user goes on speaking, or the final transcript differs,
+  the draft is cancelled and forgotten and the turn runs again;
 * **barge-in**: speech lasting ``min_interrupt_ms`` while the agent is busy or its audio is
   still playing calls :meth:`Session.interrupt`, which cancels Thinker, tools and Talker.
   The time from detection to "everything cancelled" is measured for every barge-in
@@ -21,9 +34,13 @@ What it does with the audio:
   how much of the reply it actually played (:meth:`report_playback`), memory is cut to what
   the user heard.
 
+Every figure is measured from the true end of the user's speech: the end of the last voiced
+frame the server received (``speech_end_ms`` in the input stream), not the moment the
+silence wait ran out.
+
 Messages out are :class:`~omni_agent.events.Event` objects plus dicts with a ``type``
-(``speech_started``, ``speech_stopped``, ``stop_playback``, ``no_speech``, ``latency``,
-``memory_revised``, ``error``); docs/protocol.md describes them on the wire.
+(``speech_started``, ``transcript``, ``speech_stopped``, ``stop_playback``, ``no_speech``,
+``latency``, ``memory_revised``, ``error``); docs/protocol.md describes them on the wire.
 """
 
 from __future__ import annotations
@@ -31,13 +48,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import threading
 from collections import deque
-from dataclasses import dataclass
 from time import monotonic
-from typing import Any, AsyncIterator, Callable, Protocol, Union, runtime_checkable
+from typing import Annotated, Any, AsyncIterator, Callable, Union
 
 import anyio
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from .errors import AudioInputError, ConfigError, OmniAgentError
 from .events import (
@@ -46,12 +65,15 @@ from .events import (
     ErrorEvent,
     Event,
     Interruption,
+    TextDelta,
     TextPart,
     TurnEnd,
     UserTurn,
     Utterance,
 )
+from .playback import ReplyAudio, heard_text
 from .tasks import task_group
+from .vad import VAD, EnergyVAD, Endpointer, VADStream, default_vad
 
 __all__ = [
     "LiveConfig",
@@ -72,140 +94,56 @@ MAX_AUDIO_SECONDS = 2400.0
 #: What a live session sends out: an event, or a control message ``{"type": ...}``.
 LiveMessage = Union[Event, dict]
 
-
-# --------------------------------------------------------------------------- VAD seam
-
-
-@runtime_checkable
-class VADStream(Protocol):
-    """The per-session state of a streaming VAD: scores one frame at a time.
-
-    ``frame_samples`` float32 samples at the VAD's rate go in; the probability that the
-    frame holds speech (0..1) comes out.
-    """
-
-    frame_samples: int
-
-    def speech_prob(self, frame: np.ndarray) -> float: ...
-
-    def reset(self) -> None: ...
-
-
-@runtime_checkable
-class VAD(Protocol):
-    """A voice activity detector shared by all sessions (the model is loaded once);
-    :meth:`new_stream` makes the small per-session state."""
-
-    sample_rate: int
-
-    def new_stream(self) -> VADStream: ...
-
-
-class _EnergyStream:
-    __slots__ = ("frame_samples", "_on", "_off", "_level")
-
-    def __init__(self, frame_samples: int, on: float, off: float):
-        self.frame_samples = frame_samples
-        self._on, self._off = on, off
-        self._level = 0.0
-
-    def speech_prob(self, frame: np.ndarray) -> float:
-        rms = float(np.sqrt(np.mean(np.square(frame, dtype=np.float32)))) if frame.size else 0.0
-        db = 20.0 * np.log10(rms + 1e-9)
-        # A linear ramp between the two levels: loud frames score 1, quiet ones 0.
-        return float(min(1.0, max(0.0, (db - self._off) / (self._on - self._off))))
-
-    def reset(self) -> None:
-        self._level = 0.0
-
-
-class EnergyVAD:
-    """A loudness-only VAD: frames louder than ``on_db`` dBFS count as speech.
-
-    It has no model and hears any loud sound as speech, so it suits tests, synthetic
-    audio and quiet rooms; real microphones want the silero VAD (:func:`default_vad`).
-    """
-
-    def __init__(self, sample_rate: int = 16000, frame_ms: int = 32, on_db: float = -35.0,
-                 off_db: float = -50.0):
-        if on_db <= off_db:
-            raise ConfigError("EnergyVAD needs on_db > off_db (e.g. on_db=-35, off_db=-50)")
-        self.sample_rate = sample_rate
-        self.frame_samples = sample_rate * frame_ms // 1000
-        self.on_db, self.off_db = on_db, off_db
-
-    def new_stream(self) -> VADStream:
-        return _EnergyStream(self.frame_samples, self.on_db, self.off_db)
-
-
-def default_vad() -> VAD:
-    """The silero VAD from :mod:`omni_agent.ears` (ONNX model from the silero-vad wheel),
-    loaded once and shared: each live session only adds its small recurrent state.
-
-    Raises :class:`ConfigError` when the speech extra is not installed.
-    """
-    try:
-        from . import ears
-    except ImportError as e:
-        raise ConfigError("the live VAD needs the speech extra: pip install 'omni-agent[speech]' "
-                          f"({e}); or pass vad=EnergyVAD() for a loudness-only VAD") from e
-    return _adapt_vad(ears)
-
-
-def _adapt_vad(ears_module: Any) -> VAD:
-    """Wrap the ears module's silero VAD in the :class:`VAD` seam."""
-    cls = getattr(ears_module, "SileroVAD", None)
-    if cls is None:
-        raise ConfigError("omni_agent.ears has no SileroVAD class")
-    vad = cls()
-    if isinstance(vad, VAD):
-        return vad
-    return _SileroAdapter(vad)
-
-
-class _SileroAdapter:
-    """Shares one loaded frame scorer (``omni_agent.ears.SileroVAD``: the ONNX session)
-    between sessions; each stream is a shallow copy with its own recurrent state."""
-
-    def __init__(self, vad: Any):
-        self._proto = vad
-        self.sample_rate = int(getattr(vad, "sample_rate", 16000))
-
-    def new_stream(self) -> VADStream:
-        import copy
-
-        inner = copy.copy(self._proto)  # shares the model, not the state
-        inner.reset()
-        return _CopiedStream(inner)
-
-
-class _CopiedStream:
-    __slots__ = ("_inner", "frame_samples")
-
-    def __init__(self, inner: Any):
-        self._inner = inner
-        self.frame_samples = int(getattr(inner, "frame_samples", 512))
-
-    def speech_prob(self, frame: np.ndarray) -> float:
-        return float(self._inner(frame))
-
-    def reset(self) -> None:
-        self._inner.reset()
-
-
 # --------------------------------------------------------------------------- config
 
+#: A duration in whole milliseconds, 0..60 s (a bool or a string is not one).
+_Ms = Annotated[StrictInt, Field(ge=0, le=60_000)]
 
-@dataclass
-class LiveConfig:
-    """How a live session listens.
+
+def validation_message(e: ValidationError, hints: dict[str, str] | None = None) -> str:
+    """One line per bad field of a pydantic error: ``name: what is wrong (got X)``, with
+    the field's hint (what to give instead) when ``hints`` has one."""
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err.get("loc", ())) or "value"
+        got = err.get("input")
+        hint = (hints or {}).get(where.split(".")[0])
+        parts.append(f"{where}: {err.get('msg', 'invalid')} (got {got!r})"
+                     + (f"; {hint}" if hint else ""))
+    return "; ".join(parts)
+
+
+_HINTS = {
+    "max_turn_seconds": "give seconds, more than 0 and at most 2400 (40 minutes)",
+    "threshold": "give a probability between 0 and 1, e.g. 0.5",
+    "sample_rate": "give a whole number of Hz, 8000..192000",
+    **{name: "give whole milliseconds, 0..60000" for name in (
+        "min_speech_ms", "min_interrupt_ms", "end_silence_ms", "min_end_silence_ms",
+        "max_end_silence_ms", "pause_ms", "pre_roll_ms", "playback_wait_ms")},
+    **{name: "give true or false" for name in (
+        "barge_in", "semantic_turn", "streaming_asr", "preemptive")},
+}
+
+
+class LiveConfig(BaseModel):
+    """How a live session listens. Every value is checked when it is made (and when a
+    field is set): a bad one raises :class:`ConfigError` naming it.
 
     * ``sample_rate`` — rate of the int16 mono PCM given to :meth:`LiveSession.feed`.
     * ``barge_in`` — True: user speech while the agent talks interrupts it; False: that
       speech is ignored (half duplex, e.g. loudspeakers without echo cancellation).
     * ``min_speech_ms`` — speech at least this long starts a user turn.
     * ``min_interrupt_ms`` — speech at least this long, while the agent talks, interrupts.
-    * ``end_silence_ms`` — this much silence after speech ends the user's turn.
+    * ``end_silence_ms`` — this much silence after speech ends the user's turn when the
+      semantic end of turn is off or has no transcript to judge.
+    * ``semantic_turn`` — judge the end of turn from the transcript too: a complete
+      sentence ends it after ``min_end_silence_ms``, an unfinished one waits up to
+      ``max_end_silence_ms``.
+    * ``streaming_asr`` — transcribe at each pause while the user speaks (needs the
+      whisper ears and a 16 kHz VAD); False: the whole turn is transcribed at its end.
+    * ``pause_ms`` — silence that counts as a pause (transcribe, judge, maybe draft).
+    * ``preemptive`` — start the agent's turn as a draft when a pause looks like the end
+      of the turn; nothing of it is sent or remembered until the end is confirmed.
     * ``pre_roll_ms`` — audio kept from just before speech was detected (word onsets).
     * ``threshold`` — VAD probability that counts as speech.
     * ``max_turn_seconds`` — longest user turn (at most 40 minutes).
@@ -214,60 +152,51 @@ class LiveConfig:
       that have sent a playback report before are waited for.
     """
 
-    sample_rate: int = 16000
-    barge_in: bool = True
-    min_speech_ms: int = 150
-    min_interrupt_ms: int = 200
-    end_silence_ms: int = 600
-    pre_roll_ms: int = 300
-    threshold: float = 0.5
-    max_turn_seconds: float = MAX_AUDIO_SECONDS
-    playback_wait_ms: int = 400
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    sample_rate: Annotated[StrictInt, Field(ge=8000, le=192_000)] = 16000
+    barge_in: StrictBool = True
+    min_speech_ms: _Ms = 150
+    min_interrupt_ms: _Ms = 200
+    end_silence_ms: _Ms = 600
+    semantic_turn: StrictBool = True
+    min_end_silence_ms: _Ms = 250
+    max_end_silence_ms: _Ms = 1200
+    streaming_asr: StrictBool = True
+    pause_ms: _Ms = 200
+    preemptive: StrictBool = True
+    pre_roll_ms: _Ms = 300
+    threshold: Annotated[float, Field(strict=True, gt=0.0, lt=1.0)] = 0.5
+    max_turn_seconds: Annotated[float, Field(strict=True, gt=0.0, le=MAX_AUDIO_SECONDS)] = MAX_AUDIO_SECONDS
+    playback_wait_ms: _Ms = 400
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(f"bad live setting: {validation_message(e, _HINTS)}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            raise ConfigError(f"bad live setting: {validation_message(e, _HINTS)}") from None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The settings' names, in order."""
+        return tuple(cls.model_fields)
+
+    def replace(self, **changes: Any) -> "LiveConfig":
+        """A copy with ``changes`` applied, validated like a new one."""
+        return LiveConfig(**{**self.model_dump(), **changes})
 
     def check(self) -> "LiveConfig":
-        """Validate the values; raises :class:`ConfigError` naming the bad one."""
-        if not 8000 <= self.sample_rate <= 192000:
-            raise ConfigError(f"sample_rate {self.sample_rate} is out of range: use 8000..192000 Hz")
-        for name in ("min_speech_ms", "min_interrupt_ms", "end_silence_ms", "pre_roll_ms",
-                     "playback_wait_ms"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or v < 0 or v > 60_000:
-                raise ConfigError(f"{name} must be between 0 and 60000 ms, not {v!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"threshold must be between 0 and 1, not {self.threshold!r}")
-        if not 0 < self.max_turn_seconds <= MAX_AUDIO_SECONDS:
-            raise ConfigError(f"max_turn_seconds must be in (0, {MAX_AUDIO_SECONDS:.0f}] "
-                              f"(40 minutes at most), not {self.max_turn_seconds!r}")
+        """The values are checked when they are set; kept so older callers still work."""
+        if self.min_end_silence_ms > self.max_end_silence_ms:
+            raise ConfigError(f"min_end_silence_ms ({self.min_end_silence_ms}) must not exceed "
+                              f"max_end_silence_ms ({self.max_end_silence_ms})")
         return self
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def heard_text(clauses: list[tuple[str, float]], played_seconds: float) -> str:
-    """The part of a reply a listener heard, given the clauses in the order they were
-    played as ``(text, audio seconds)`` and how many seconds were played.
-
-    Whole clauses are kept while they fit; the clause playing when playback stopped is
-    cut at the word reached, assuming words are spread evenly over its audio::
-
-        heard_text([("Hello there.", 1.0), ("How are you?", 1.0)], 1.5)  # 'Hello there. How'
-    """
-    out: list[str] = []
-    left = max(0.0, played_seconds)
-    for text, seconds in clauses:
-        if left <= 0:
-            break
-        if seconds <= left + 1e-3:
-            out.append(text)
-            left -= seconds
-            continue
-        words = text.split()
-        n = int(len(words) * left / seconds) if seconds > 0 else 0
-        if n:
-            out.append(" ".join(words[:n]))
-        break
-    return " ".join(out).strip()
 
 
 class _Outbox:
@@ -335,47 +264,117 @@ class _Outbox:
         self._space.set()
 
 
-class _ReplyAudio:
-    """What one turn sent out, clause by clause: for cutting memory at playback position."""
+# --------------------------------------------------------------------------- listening
 
-    __slots__ = ("turn_id", "texts", "order", "seconds", "complete", "done", "remembered",
-                 "barged", "pending_heard")
 
-    def __init__(self, turn_id: int):
-        self.turn_id = turn_id
-        self.texts: dict[int, str] = {}
-        self.order: list[int] = []
-        self.seconds: dict[int, float] = {}
-        self.complete: set[int] = set()
-        self.done = False
-        self.remembered: str | None = None  # what the agent saved for this reply
-        self.barged = False
-        self.pending_heard: str | None = None
+def _same_words(a: str, b: str) -> bool:
+    """Two transcripts say the same words (case and punctuation aside)."""
+    def norm(s: str) -> str:
+        return " ".join(re.sub(r"[^\w']+", " ", s.lower()).split())
+    return norm(a) == norm(b)
 
-    def add_audio(self, chunk: AudioChunk) -> None:
-        i = chunk.utterance_index
-        if i not in self.seconds:
-            self.order.append(i)
-            self.seconds[i] = 0.0
-        self.seconds[i] += chunk.duration
-        if chunk.final:
-            self.complete.add(i)
 
-    def clauses(self) -> list[tuple[str, float]]:
-        """(text, seconds of audio) per clause in playing order. A clause cut off mid-way
-        was never fully synthesized, so its full length is estimated from the speaking
-        rate of the complete clauses (else ~14 characters a second)."""
-        chars = sum(len(self.texts.get(i, "")) for i in self.complete)
-        secs = sum(self.seconds[i] for i in self.complete)
-        rate = chars / secs if chars and secs > 0 else 14.0
-        out = []
-        for i in self.order:
-            text = self.texts.get(i, "")
-            seconds = self.seconds[i]
-            if i not in self.complete:
-                seconds = max(seconds, len(text) / rate)
-            out.append((text, seconds))
-        return out
+class _Gate:
+    """Holds a draft turn's output until the end of the user's turn is decided.
+
+    ``open()``: the held output goes out (in order) and the rest flows; ``discard()``: all
+    of it is dropped. At most ``cap`` messages are held; beyond that the draft waits for the
+    decision (so a fast Talker cannot grow memory while the user is still pausing).
+    """
+
+    __slots__ = ("held", "state", "decided", "flushing", "cap")
+
+    def __init__(self, cap: int = 64):
+        self.held: deque[LiveMessage] = deque()
+        self.state = "held"  # "held" | "open" | "discarded"
+        self.decided = anyio.Event()
+        self.flushing = True  # until the held output has gone out
+        self.cap = cap
+
+    def open(self) -> None:
+        if self.state == "held":
+            self.state = "open"
+            self.decided.set()
+
+    def discard(self) -> None:
+        if self.state == "held":
+            self.state = "discarded"
+            self.held.clear()
+            self.decided.set()
+
+    async def commit(self) -> bool:
+        """For the agent's ``turn(commit=)``: keep the turn in memory only once opened."""
+        await self.decided.wait()
+        return self.state == "open"
+
+
+class _Draft:
+    """A preemptive turn started on an interim transcript."""
+
+    __slots__ = ("text", "gate", "scope", "done", "in_agent_turn", "times", "t_confirmed")
+
+    def __init__(self, text: str):
+        self.text = text
+        self.times: _TurnTimes | None = None  # set when it is kept
+        self.t_confirmed = 0.0
+        self.gate = _Gate()
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.in_agent_turn = False
+
+
+class _Listen:
+    """One stretch of user speech being listened to, from its start to the end of turn."""
+
+    __slots__ = ("ears", "lock", "gen", "interim", "p_end", "wait_ms", "detector", "draft",
+                 "asr_s", "t_final")
+
+    def __init__(self, ears: Any):
+        self.ears = ears  # an EarsStream, or None: the whole turn is transcribed at its end
+        self.lock = anyio.Lock()  # one transcription at a time
+        self.gen = 0  # bumped at every pause and resume: a stale judgement is ignored
+        self.interim = ""
+        self.p_end: float | None = None
+        self.wait_ms: float | None = None
+        self.detector = "silence"
+        self.draft: _Draft | None = None
+        self.asr_s = 0.0  # transcription time spent after the end of speech
+        self.t_final: float | None = None
+
+    def decision(self) -> dict[str, Any]:
+        return {"detector": self.detector,
+                "p_end": None if self.p_end is None else round(self.p_end, 3),
+                "wait_ms": None if self.wait_ms is None else round(self.wait_ms, 1)}
+
+
+class _TurnTimes:
+    """When a turn's user speech ended (server clock) and how its draft went."""
+
+    __slots__ = ("speech_end", "speech_end_ms", "t_final", "draft", "listen")
+
+    def __init__(self, speech_end: float | None = None, speech_end_ms: float | None = None):
+        self.speech_end = speech_end
+        self.speech_end_ms = speech_end_ms
+        self.t_final: float | None = None
+        self.draft: str | None = None  # "kept" | "restarted" | None
+        self.listen: dict[str, Any] | None = None
+
+
+_GAP_KEEP = 4  # silent frames (~128 ms) kept before resumed speech for the ears
+
+_detector_lock = threading.Lock()
+_shared_detector: Any = None
+
+
+def _default_detector() -> Any:
+    """The shared turn detector (loaded once, on first use)."""
+    global _shared_detector
+    with _detector_lock:
+        if _shared_detector is None:
+            from .turn_detector import default_turn_detector
+
+            _shared_detector = default_turn_detector()
+        return _shared_detector
 
 
 # --------------------------------------------------------------------------- the session
@@ -386,42 +385,43 @@ class LiveSession:
 
     ``session`` — the agent :class:`~omni_agent.agent.Session` (its history is the
     conversation's memory). ``vad`` — a :class:`VAD` (shared between sessions); None:
-    :func:`default_vad`. ``config`` — a :class:`LiveConfig`. ``outbox_size`` bounds the
-    messages waiting for a slow client.
+    :func:`default_vad`. ``config`` — a :class:`LiveConfig`. ``turn_detector`` — judges
+    whether a transcript is a finished turn (:mod:`omni_agent.turn_detector`); None: the
+    shared default, loaded on first use when ``config.semantic_turn`` is on.
+    ``outbox_size`` bounds the messages waiting for a slow client.
 
     Use it as an async context manager: the block owns the session's task group, so each
-    user turn (speech recognition, the agent's turn) is a task of it, cancelled by a
-    barge-in and awaited when the block ends. Inside, the caller feeds audio with
+    user turn (speech recognition, the agent's turn, a draft) is a task of it, cancelled by
+    a barge-in and awaited when the block ends. Inside, the caller feeds audio with
     :meth:`feed` (and text with :meth:`submit_text`) and reads :meth:`messages` (in
     another task of its own); :meth:`aclose` ends the session early.
     """
 
     def __init__(self, session: Any, *, vad: VAD | None = None, config: LiveConfig | None = None,
-                 outbox_size: int = 128):
+                 turn_detector: Any = None, outbox_size: int = 128):
         self.session = session
         self.config = (config or LiveConfig()).check()
         self.vad = vad if vad is not None else default_vad()
+        self.turn_detector = turn_detector
         self._stream: VADStream | None = None  # made on the first audio: idle sessions stay small
+        self._ep: Endpointer | None = None
         self._resampler: Any = None
-        self._frame_ms = 0.0
         self._pending = np.zeros(0, dtype=np.int16)
         self._outbox = _Outbox(outbox_size)
-        # VAD state
-        self.user_speaking = False
-        self._run_ms = 0.0  # length of the current stretch of speech
-        self._silence_ms = 0.0
-        self._onset: deque[np.ndarray] = deque()
-        self._turn_audio: list[np.ndarray] = []
-        self._turn_samples = 0
+        # listening state
         self._ignoring = False  # speech heard while barge-in is off and the agent talks
         self._barged_this_speech = False
         self._talking_at_start = False
+        self._listen: _Listen | None = None
+        self._gap: list[np.ndarray] = []  # silent frames since the last voiced one
+        self._t_voiced = 0.0  # when the last voiced frame arrived (server clock)
         # turn state: the running turn's cancel scope and a flag set when it has ended
         self._tg: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._turn_scope: anyio.CancelScope | None = None
         self._turn_done: anyio.Event | None = None
-        self._reply: _ReplyAudio | None = None
+        self._last_done: anyio.Event | None = None  # of the last task started (drafts too)
+        self._reply: ReplyAudio | None = None
         self._play_until = 0.0  # when the client will (about) have played all audio sent
         self._barge_t: float | None = None
         self._playback_reported = asyncio.Event()
@@ -433,13 +433,22 @@ class LiveSession:
         #: When each barge-in was detected (``time.monotonic()``).
         self.barge_in_times: list[float] = []
         self.turns = 0
+        #: Preemptive drafts: how many were started, kept (their turn was confirmed with the
+        #: same transcript) and discarded.
+        self.drafts = {"started": 0, "kept": 0, "discarded": 0}
 
     # ------------------------------------------------------------------ state
 
     @property
     def agent_busy(self) -> bool:
-        """True while a turn runs (listening to ASR, thinking or talking)."""
+        """True while a turn runs (listening to ASR, thinking or talking). A draft that
+        is not confirmed yet does not count: it is not the agent's turn."""
         return self._turn_done is not None and not self._turn_done.is_set()
+
+    @property
+    def user_speaking(self) -> bool:
+        """True from the start of the user's speech to the end of their turn."""
+        return self._ep is not None and self._ep.speaking
 
     async def __aenter__(self) -> "LiveSession":
         if self._tg is not None:
@@ -450,6 +459,7 @@ class LiveSession:
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         tg, stack = self._tg, self._stack
+        assert stack is not None
         try:
             await self.aclose()
         finally:
@@ -480,13 +490,8 @@ class LiveSession:
             return
         samples = np.frombuffer(pcm, dtype="<i2")
         if self._stream is None:
-            self._stream = self.vad.new_stream()
-            self._frame_ms = 1000.0 * self._stream.frame_samples / self.vad.sample_rate
-            if self.config.sample_rate != self.vad.sample_rate:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(self.config.sample_rate, self.vad.sample_rate,
-                                                      1, dtype="int16")
+            self._start_stream()
+        assert self._stream is not None
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
         buf = np.concatenate((self._pending, samples)) if self._pending.size else samples
@@ -497,113 +502,304 @@ class LiveSession:
             i += n
         self._pending = buf[i:].copy()
 
+    def _start_stream(self) -> None:
+        cfg = self.config
+        self._stream = self.vad.new_stream()
+        frame_ms = 1000.0 * self._stream.frame_samples / self.vad.sample_rate
+        self._ep = Endpointer(frame_ms, threshold=cfg.threshold, min_speech_ms=cfg.min_speech_ms,
+                              pre_roll_ms=cfg.pre_roll_ms, pause_ms=cfg.pause_ms,
+                              end_silence_ms=self._undecided_wait())
+        if cfg.sample_rate != self.vad.sample_rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(cfg.sample_rate, self.vad.sample_rate, 1,
+                                                  dtype="int16")
+
+    def _undecided_wait(self) -> float:
+        """The silence that ends a turn before (or without) a semantic judgement."""
+        cfg = self.config
+        return float(max(cfg.end_silence_ms, cfg.max_end_silence_ms) if self._judges()
+                     else cfg.end_silence_ms)
+
+    def _judges(self) -> bool:
+        """Whether this session decides the end of turn from the transcript."""
+        return self.config.semantic_turn and self._can_stream()
+
+    def _can_stream(self) -> bool:
+        """Whether speech is transcribed while the user speaks (at pauses)."""
+        cfg = self.config
+        ears = getattr(self.session.agent, "ears", None)
+        return (cfg.streaming_asr and ears is not None and self.vad.sample_rate == 16000
+                and "audio" not in self.session.agent.thinker.accepts
+                and callable(getattr(ears, "transcribe_samples", None)))
+
+    @property
+    def speech_end_ms(self) -> float:
+        """Where the last voiced audio ended, in ms of this session's input stream."""
+        ep = self._ep
+        return 0.0 if ep is None else round(ep.voiced_frames * ep.frame_ms, 1)
+
     def _on_frame(self, frame: np.ndarray) -> None:
         cfg = self.config
-        assert self._stream is not None
+        ep = self._ep
+        assert self._stream is not None and ep is not None
         prob = self._stream.speech_prob(frame.astype(np.float32) / 32768.0)
-        speech = prob >= cfg.threshold
-        fm = self._frame_ms
-        if not self.user_speaking:
-            if speech:
-                self._run_ms += fm
-                self._onset.append(frame)
-                self._maybe_barge_in()
-                if self._run_ms >= cfg.min_speech_ms:
-                    self._start_speech()
-            else:
-                self._run_ms = 0.0
-                self._barged_this_speech = False
-                self._onset.append(frame)
-                # The onset buffer doubles as pre-roll: keep only the last pre_roll_ms.
-                keep = max(1, int(cfg.pre_roll_ms / fm))
-                while len(self._onset) > keep:
-                    self._onset.popleft()
+        kind = ep.step(None if self._ignoring else frame, prob)
+        if ep.voiced_frames == ep.frames:
+            self._t_voiced = monotonic()
+        if kind == "start":
+            self._start_speech()
+        elif kind == "end":
+            self._end_speech("silence")
             return
-        # The user is speaking. Speech goes on while the probability stays above a lower
-        # threshold (hysteresis), so soft syllables do not count as silence.
-        if not self._ignoring:
-            self._turn_audio.append(frame)
-            self._turn_samples += frame.size
-        if prob >= max(0.01, cfg.threshold - 0.15):
-            self._silence_ms = 0.0
-            self._run_ms += fm
+        if not ep.speaking:
+            if ep.run_ms > 0:
+                self._maybe_barge_in()
+            else:
+                self._barged_this_speech = False
+            return
+        voiced = ep.silence_ms == 0.0
+        if voiced:
             self._maybe_barge_in()
-        else:
-            self._silence_ms += fm
-            if self._silence_ms >= cfg.end_silence_ms:
-                self._end_speech()
-                return
-        if not self._ignoring and self._turn_samples > cfg.max_turn_seconds * self.vad.sample_rate:
+        self._listen_frame(frame, voiced, kind)
+        if not self._ignoring and ep.speech_ms > cfg.max_turn_seconds * 1000:
             self._outbox.put_nowait({
                 "type": "error", "code": "audio_too_long",
                 "message": f"the user turn ran past {cfg.max_turn_seconds:.0f} s of speech; it was "
                            "dropped. Pause between turns (or raise max_turn_seconds, at most 2400 s)."})
             # The rest of this stretch of speech is ignored too, up to the next pause.
             self._ignoring = True
-            self._turn_audio = []
-            self._turn_samples = 0
+            ep.drop()
+            self._drop_listen()
+
+    def _listen_frame(self, frame: np.ndarray, voiced: bool, kind: str | None) -> None:
+        """Streaming ears: voiced frames (and the short gaps between them) go to the
+        recogniser; a pause closes a segment and starts its transcription."""
+        listen = self._listen
+        if listen is None or self._ignoring:
+            return
+        if kind == "resume":
+            self._on_resume(listen)
+        if voiced:
+            if listen.ears is not None:
+                for f in self._gap:
+                    listen.ears.append(f)
+                listen.ears.append(frame)
+            self._gap = []
+            return
+        self._gap.append(frame)
+        if kind == "pause":
+            if listen.ears is not None:
+                for f in self._gap:  # the pause's silence ends the segment cleanly
+                    listen.ears.append(f)
+                listen.ears.mark_pause()
+            self._gap = []
+            listen.gen += 1
+            assert self._tg is not None
+            self._tg.start_soon(self._on_pause, listen, listen.gen)
+        elif self._ep is not None and self._ep.paused and len(self._gap) > _GAP_KEEP:
+            del self._gap[0]  # only the last bit of a long pause goes to the ears
+
+    def _on_resume(self, listen: _Listen) -> None:
+        """The user goes on after a pause: the turn is not over; a draft on the words so far
+        is dropped, and the end of turn is judged again at the next pause."""
+        listen.gen += 1
+        listen.p_end = listen.wait_ms = None
+        listen.detector = "silence"
+        assert self._ep is not None
+        self._ep.end_silence_ms = self._undecided_wait()
+        self._discard_draft(listen)
+
+    async def _on_pause(self, listen: _Listen, gen: int) -> None:
+        """At a pause: transcribe what is new, tell the client, judge whether the turn is
+        over and, when it looks over, start a draft of the agent's turn."""
+        try:
+            text = await self._transcribe_pending(listen)
+            if listen.gen != gen or self._listen is not listen or not text:
+                return
+            if text != listen.interim:
+                listen.interim = text
+                await self._outbox.put({"type": "transcript", "text": text, "final": False,
+                                        "turn_id": None})
+            if not self._judges():
+                return
+            p = await self._end_probability(text)
+            if listen.gen != gen or self._listen is not listen:
+                return
+            wait = self._wait_for(p)
+            listen.p_end, listen.wait_ms, listen.detector = p, wait, "semantic"
+            ep = self._ep
+            assert ep is not None
+            ep.end_silence_ms = wait
+            if ep.speaking and ep.silence_ms >= wait:
+                ep.end()
+                self._end_speech("semantic")
+                return
+            if self.config.preemptive and wait <= self.config.min_end_silence_ms + 1:
+                self._start_draft(listen, text)
+        except Exception as e:  # noqa: BLE001 - a failed interim step must not end the session
+            log.warning("live session: interim recognition failed: %s", e)
+
+    async def _transcribe_pending(self, listen: _Listen) -> str:
+        if listen.ears is None:
+            return ""
+        async with listen.lock:
+            return (await listen.ears.transcribe_pending()).strip()
+
+    async def _end_probability(self, text: str) -> float:
+        detector = self.turn_detector
+        if detector is None:
+            detector = self.turn_detector = await anyio.to_thread.run_sync(_default_detector)
+        history = None
+        try:
+            history = await self.session.ahistory()
+        except Exception:  # noqa: BLE001 - the judgement goes on without the history
+            history = None
+        return float(await anyio.to_thread.run_sync(detector.end_probability, text,
+                                                     history[-2:] if history else None))
+
+    def _wait_for(self, p: float) -> float:
+        """The silence that ends a turn judged ``p`` likely to be complete."""
+        cfg = self.config
+        policy = getattr(self.turn_detector, "silence_ms", None)
+        if callable(policy):
+            wait = float(policy(p, short_ms=cfg.min_end_silence_ms, long_ms=cfg.max_end_silence_ms))
+        else:
+            wait = cfg.min_end_silence_ms if p >= 0.5 else cfg.max_end_silence_ms
+        return min(max(wait, cfg.min_end_silence_ms), cfg.max_end_silence_ms)
 
     def _maybe_barge_in(self) -> None:
         cfg = self.config
-        if (cfg.barge_in and not self._barged_this_speech and self._run_ms >= cfg.min_interrupt_ms
+        ep = self._ep
+        assert ep is not None
+        if (cfg.barge_in and not self._barged_this_speech and ep.run_ms >= cfg.min_interrupt_ms
                 and self.agent_talking):
             self._barged_this_speech = True
             self.barge_in()
 
     def _start_speech(self) -> None:
-        self.user_speaking = True
-        self._silence_ms = 0.0
+        ep = self._ep
+        assert ep is not None
         self._talking_at_start = self.agent_talking
         # Speech while the agent talks with barge-in off is not a turn: half duplex.
         self._ignoring = not self.config.barge_in and self.agent_talking
-        if not self._ignoring:
-            self._turn_audio = list(self._onset)
-            self._turn_samples = sum(f.size for f in self._turn_audio)
-        self._onset.clear()
+        self._gap = []
+        ep.end_silence_ms = self._undecided_wait()
+        if self._ignoring:
+            ep.drop()
+        else:
+            ears = None
+            if self._can_stream():
+                from .streaming_ears import EarsStream
+
+                ears = EarsStream(self.session.agent.ears)
+                for f in ep.speech:
+                    ears.append(f)
+            self._listen = _Listen(ears)
         self._outbox.put_nowait({"type": "speech_started", "ignored": self._ignoring})
 
-    def _reset_speech(self) -> None:
-        self._turn_audio = []
-        self._turn_samples = 0
-        self._run_ms = 0.0
-        self._silence_ms = 0.0
-        self._barged_this_speech = False
-        self._onset.clear()
+    def _drop_listen(self) -> None:
+        listen, self._listen = self._listen, None
+        self._gap = []
+        if listen is not None:
+            listen.gen += 1
+            self._discard_draft(listen)
 
-    def _end_speech(self) -> None:
-        self.user_speaking = False
+    def _end_speech(self, detector: str) -> None:
+        ep = self._ep
+        assert ep is not None
         # Speech over the agent too short to interrupt it ("uh-huh", a cough) is no turn.
         ignored = self._ignoring or (self._talking_at_start and not self._barged_this_speech)
         self._ignoring = False
-        audio = self._turn_audio
-        self._reset_speech()
-        self._outbox.put_nowait({"type": "speech_stopped", "ignored": ignored})
-        if ignored or not audio:
+        self._barged_this_speech = False
+        frames = ep.take_speech(tail_ms=self.config.pre_roll_ms)
+        listen, self._listen = self._listen, None
+        self._gap = []
+        times = _TurnTimes(self._t_voiced, self.speech_end_ms)
+        decision = listen.decision() if listen is not None else {"detector": detector}
+        if detector != "semantic":
+            decision["detector"] = detector
+            if detector == "silence":
+                decision["wait_ms"] = ep.end_silence_ms
+        times.listen = decision
+        self._outbox.put_nowait({
+            "type": "speech_stopped", "ignored": ignored, "speech_end_ms": times.speech_end_ms,
+            "since_speech_end_ms": round((monotonic() - self._t_voiced) * 1000, 1),
+            "end_of_turn": decision})
+        if ignored or not frames:
+            if listen is not None:
+                listen.gen += 1
+                self._discard_draft(listen)
             return
-        pcm = np.concatenate(audio).astype("<i2").tobytes()
+        pcm = np.concatenate(frames).astype("<i2").tobytes()
         part = AudioPart(pcm=pcm, sample_rate=self.vad.sample_rate, mime="audio/L16")
-        self._start_turn(UserTurn(parts=[part]), monotonic())
+        if listen is not None:
+            listen.gen += 1  # no judgement of an earlier pause may act on this turn now
+        self._start_turn(UserTurn(parts=[part]), monotonic(), times=times, listen=listen)
 
     def end_turn(self) -> bool:
         """End the user's turn now (push-to-talk release) instead of waiting for silence.
         Returns False when no speech was being collected."""
         if not self.user_speaking or self._ignoring:
             return False
-        self._end_speech()
+        assert self._ep is not None
+        self._ep.end()
+        self._end_speech("push")
         return True
 
     def drop_speech(self) -> bool:
         """Forget the user speech collected so far (a client cleared its input buffer): no
         turn comes of it, and the rest of this stretch of speech is ignored up to the next
         pause. Returns False when no speech was being collected."""
-        self._onset.clear()  # the pre-roll is part of what was cleared
+        if self._ep is not None:
+            self._ep.drop()  # the pre-roll is part of what was cleared
         if not self.user_speaking or self._ignoring:
-            self._run_ms = 0.0
+            if self._ep is not None:
+                self._ep.run_ms = 0.0
             return False
         self._ignoring = True
-        self._turn_audio = []
-        self._turn_samples = 0
+        self._drop_listen()
         return True
+
+    # ------------------------------------------------------------------ drafts
+
+    def _start_draft(self, listen: _Listen, text: str) -> None:
+        """Start the agent's turn on an interim transcript, its output held (see _Gate)."""
+        if listen.draft is not None or self._tg is None or self._closed:
+            return
+        draft = listen.draft = _Draft(text)
+        self.drafts["started"] += 1
+        turn = UserTurn(parts=[TextPart(text)])
+        prev, self._last_done = self._last_done, draft.done
+        self._tg.start_soon(self._draft_task, turn, draft, prev)
+
+    async def _draft_task(self, turn: UserTurn, draft: _Draft, prev: anyio.Event | None) -> None:
+        try:
+            with draft.scope:
+                if prev is not None:
+                    await prev.wait()
+                if draft.gate.state != "discarded":
+                    times = _TurnTimes()
+                    await self._run(turn, monotonic(), 0.0, times=times, draft=draft)
+        except Exception as e:  # noqa: BLE001 - a failed draft is a failed turn, reported if kept
+            log.exception("live draft failed")
+            if draft.gate.state == "open":
+                await self._outbox.put(ErrorEvent(message=f"{type(e).__name__}: {e}", stage="agent",
+                                                  session_id=self.session.id))
+        finally:
+            draft.done.set()
+
+    def _discard_draft(self, listen: _Listen) -> None:
+        draft, listen.draft = listen.draft, None
+        if draft is None or draft.gate.state != "held":
+            return
+        draft.gate.discard()
+        self.drafts["discarded"] += 1
+        if draft.in_agent_turn:
+            # It saves nothing (its commit says no), and whatever it still does stops now.
+            self.session.interrupt("draft discarded", forget=True)
+        else:
+            draft.scope.cancel()
 
     # ------------------------------------------------------------------ other input
 
@@ -674,7 +870,7 @@ class LiveSession:
             return  # the revision sets _playback_reported when it has landed
         self._playback_reported.set()
 
-    def _revise_memory(self, reply: _ReplyAudio, played: float) -> bool:
+    def _revise_memory(self, reply: ReplyAudio, played: float) -> bool:
         """Cut memory to what was heard; True when a revision task was started (it lets
         the next turn go when it has landed)."""
         heard = heard_text(reply.clauses(), played)
@@ -690,13 +886,13 @@ class LiveSession:
         self._tg.start_soon(self._revise_then_go_on, reply, heard)
         return True
 
-    async def _revise_then_go_on(self, reply: _ReplyAudio, heard: str) -> None:
+    async def _revise_then_go_on(self, reply: ReplyAudio, heard: str) -> None:
         try:
             await self._apply_heard(reply, heard)
         finally:
             self._playback_reported.set()
 
-    async def _apply_heard(self, reply: _ReplyAudio, heard: str) -> None:
+    async def _apply_heard(self, reply: ReplyAudio, heard: str) -> None:
         reply.pending_heard = None
         if heard == (reply.remembered or "") or self._reply is not reply:
             return
@@ -707,24 +903,50 @@ class LiveSession:
 
     # ------------------------------------------------------------------ turns
 
-    def _start_turn(self, turn: UserTurn, t_input_end: float) -> None:
+    def _start_turn(self, turn: UserTurn, t_input_end: float, *, times: _TurnTimes | None = None,
+                    listen: _Listen | None = None) -> None:
         if self._tg is None:
             raise OmniAgentError("the live session is not running: use it as "
                                  "`async with LiveSession(...) as live:`")
-        prev = self._turn_done
+        if self._listen is not None and listen is None:
+            self._drop_listen()  # a typed turn while the user was speaking
+        prev = self._last_done
         scope, done = anyio.CancelScope(), anyio.Event()
-        self._turn_scope, self._turn_done = scope, done
-        self._tg.start_soon(self._turn, turn, t_input_end, prev, scope, done)
+        self._turn_scope, self._turn_done, self._last_done = scope, done, done
+        self._tg.start_soon(self._turn, turn, t_input_end, prev, scope, done,
+                            times or _TurnTimes(), listen)
 
     async def _turn(self, turn: UserTurn, t0: float, prev: anyio.Event | None,
-                    scope: anyio.CancelScope, done: anyio.Event) -> None:
+                    scope: anyio.CancelScope, done: anyio.Event, times: _TurnTimes,
+                    listen: _Listen | None) -> None:
         try:
             with scope:
-                await self._turn_body(turn, t0, prev)
+                await self._turn_body(turn, t0, prev, times, listen)
         finally:
             done.set()
 
-    async def _turn_body(self, turn: UserTurn, t0: float, prev: anyio.Event | None) -> None:
+    async def _turn_body(self, turn: UserTurn, t0: float, prev: anyio.Event | None,
+                         times: _TurnTimes, listen: _Listen | None) -> None:
+        draft = listen.draft if listen is not None else None
+        try:
+            if listen is not None and listen.ears is not None:
+                text = await self._final_transcript(listen, turn, times)
+                if draft is not None and draft.gate.state == "held" and _same_words(draft.text, text):
+                    await self._keep_draft(draft, times)
+                    return
+                if draft is not None:
+                    times.draft = "restarted"
+                    self._discard_draft(listen)
+                    await draft.done.wait()
+                if not text:
+                    await self._outbox.put({"type": "no_speech",
+                                            "asr_ms": round(listen.asr_s * 1000, 1)})
+                    return
+        except BaseException:
+            if draft is not None:  # cancelled (barge-in, closing): the draft goes with it
+                draft.gate.discard()
+                draft.scope.cancel()
+            raise
         if prev is not None:
             # It was interrupted (barge-in) just before: let it finish cancelling.
             await prev.wait()
@@ -732,7 +954,7 @@ class LiveSession:
             with anyio.move_on_after(self.config.playback_wait_ms / 1000.0):
                 await self._playback_reported.wait()
         agent = self.session.agent
-        asr_s = 0.0
+        asr_s = listen.asr_s if listen is not None else 0.0
         try:
             audio = [p for p in turn.parts if isinstance(p, AudioPart) and p.transcript is None]
             if audio and "audio" not in agent.thinker.accepts and agent.ears is not None:
@@ -746,10 +968,11 @@ class LiveSession:
                     await self._outbox.put({"type": "no_speech", "reason": str(e)})
                     return
                 asr_s = monotonic() - t_asr
+                times.t_final = monotonic()
                 if not any(p.transcript for p in audio) and not turn.text:
                     await self._outbox.put({"type": "no_speech", "asr_ms": round(asr_s * 1000, 1)})
                     return
-            await self._run(turn, t0, asr_s)
+            await self._run(turn, t0, asr_s, times=times)
         except OmniAgentError as e:
             await self._outbox.put(ErrorEvent(message=str(e), stage="input",
                                               session_id=self.session.id))
@@ -758,48 +981,126 @@ class LiveSession:
             await self._outbox.put(ErrorEvent(message=f"{type(e).__name__}: {e}", stage="agent",
                                               session_id=self.session.id))
 
-    async def _run(self, turn: UserTurn, t0: float, asr_s: float) -> None:
+    async def _final_transcript(self, listen: _Listen, turn: UserTurn, times: _TurnTimes) -> str:
+        """The whole turn's transcript from the streaming ears: only the audio after the
+        last transcribed pause is left to recognise."""
+        t = monotonic()
+        try:
+            async with listen.lock:
+                text = (await listen.ears.final()).strip()
+        except AudioInputError:
+            text = ""
+        listen.asr_s = monotonic() - t
+        times.t_final = monotonic()
+        for p in turn.parts:
+            if isinstance(p, AudioPart):
+                p.transcript = text
+        if text:
+            await self._outbox.put({"type": "transcript", "text": text, "final": True,
+                                    "turn_id": None})
+        return text
+
+    async def _keep_draft(self, draft: _Draft, times: _TurnTimes) -> None:
+        """The end of turn is confirmed with the draft's words: its held output goes out,
+        and it is the agent's turn from now on (barge-in cancels it)."""
+        self.drafts["kept"] += 1
+        times.draft = "kept"
+        draft.times, draft.t_confirmed = times, monotonic()
+        draft.gate.open()
+        try:
+            await draft.done.wait()
+        except BaseException:
+            # Cancelled (a barge-in before the draft's agent turn was reached, closing).
+            draft.scope.cancel()
+            raise
+
+    async def _run(self, turn: UserTurn, t0: float, asr_s: float, *, times: _TurnTimes,
+                   draft: _Draft | None = None) -> None:
         session = self.session
-        reply: _ReplyAudio | None = None
-        first_audio: float | None = None
-        end: TurnEnd | None = None
+        st = _TurnOut()
         self.turns += 1
+        commit = draft.gate.commit if draft is not None else None
         # The agent's turn owns its Thinker and Talker tasks: if this task is cancelled,
         # leaving the block cancels and awaits them (nothing is left running).
-        async with session.turn(turn) as events:
-            async for ev in events:
-                t = type(ev)
-                if t is UserTurn:
-                    reply = self._reply = _ReplyAudio(ev.turn_id)
-                    self._play_until = 0.0
-                elif reply is not None and reply.barged and t in (AudioChunk, Utterance):
-                    continue  # produced just before the cancel landed: never sent
-                elif t is AudioChunk:
-                    assert reply is not None
-                    now = monotonic()
-                    if first_audio is None:
-                        first_audio = now
-                    reply.add_audio(ev)
-                    self._play_until = max(now, self._play_until) + ev.duration
-                elif t is Utterance:
-                    assert reply is not None
-                    reply.texts[ev.index] = ev.text
-                elif t is Interruption:
-                    latency = None
-                    if self._barge_t is not None:
-                        latency = monotonic() - self._barge_t
-                        self.cancel_latencies.append(latency)
-                        self._barge_t = None
-                    await self._outbox.put({"type": "interruption", "reason": ev.reason,
-                                            "turn_id": ev.turn_id, "session_id": ev.session_id,
-                                            "cancel_ms": None if latency is None
-                                            else round(latency * 1000, 2)})
-                    continue
-                elif t is TurnEnd:
-                    end = ev
-                await self._outbox.put(ev)
-        if reply is None or end is None:
+        async with session.turn(turn, commit=commit) as events:
+            if draft is None:
+                async for ev in events:
+                    await self._deliver(ev, st)
+            else:
+                draft.in_agent_turn = True
+                await self._run_draft(events, st, draft)
+                if draft.gate.state != "open":
+                    return
+                times, t0 = draft.times or times, draft.t_confirmed
+        if st.reply is None or st.end is None:
             return
+        await self._after_turn(st, t0, asr_s, times)
+
+    async def _run_draft(self, events: AsyncIterator[Event], st: "_TurnOut", draft: _Draft) -> None:
+        """A draft's events: held by its gate until the end of turn is decided, then sent
+        in order (or dropped)."""
+        gate = draft.gate
+
+        async def pump() -> None:
+            await gate.decided.wait()
+            while gate.held and gate.state == "open":
+                await self._deliver(gate.held.popleft(), st)
+            gate.flushing = False
+
+        async with task_group() as tg:
+            tg.start_soon(pump)
+            async for ev in events:
+                if gate.state == "discarded":
+                    continue  # read to the end: the agent's turn finishes (forgetting itself)
+                if gate.state == "open" and not gate.flushing:
+                    await self._deliver(ev, st)
+                    continue
+                gate.held.append(ev)
+                if len(gate.held) >= gate.cap and gate.state == "held":
+                    await gate.decided.wait()
+            if gate.state == "held":
+                await gate.decided.wait()
+
+    async def _deliver(self, ev: Any, st: "_TurnOut") -> None:
+        """Send one of the turn's events, keeping the playback accounting."""
+        t = type(ev)
+        reply = st.reply
+        if t is UserTurn:
+            reply = st.reply = self._reply = ReplyAudio(ev.turn_id)
+            self._play_until = 0.0
+        elif reply is not None and reply.barged and t in (AudioChunk, Utterance):
+            return  # produced just before the cancel landed: never sent
+        elif t is AudioChunk:
+            assert reply is not None
+            now = monotonic()
+            if st.first_audio is None:
+                st.first_audio = now
+            reply.add_audio(ev)
+            self._play_until = max(now, self._play_until) + ev.duration
+        elif t is Utterance:
+            assert reply is not None
+            reply.texts[ev.index] = ev.text
+        elif t is TextDelta:
+            if st.first_token is None:
+                st.first_token = monotonic()
+        elif t is Interruption:
+            latency = None
+            if self._barge_t is not None:
+                latency = monotonic() - self._barge_t
+                self.cancel_latencies.append(latency)
+                self._barge_t = None
+            await self._outbox.put({"type": "interruption", "reason": ev.reason,
+                                    "turn_id": ev.turn_id, "session_id": ev.session_id,
+                                    "cancel_ms": None if latency is None
+                                    else round(latency * 1000, 2)})
+            return
+        elif t is TurnEnd:
+            st.end = ev
+        await self._outbox.put(ev)
+
+    async def _after_turn(self, st: "_TurnOut", t0: float, asr_s: float, times: _TurnTimes) -> None:
+        session, reply, end = self.session, st.reply, st.end
+        assert reply is not None and end is not None
         reply.done = True
         # What the agent saved: the spoken text (voice) or the display text (text agent).
         reply.remembered = end.spoken if session.agent.talker is not None else end.text
@@ -808,16 +1109,38 @@ class LiveSession:
             await self._apply_heard(reply, reply.pending_heard)
         trace = session.last_trace
         timings = dict(trace.timings) if trace is not None else {}
+        first_token = None
+        if trace is not None and "thinker_first_token" in timings:
+            first_token = trace.started + timings["thinker_first_token"]
+        elif st.first_token is not None:
+            first_token = st.first_token
+
+        def since_end(t: float | None) -> float | None:
+            if t is None or times.speech_end is None:
+                return None
+            return round((t - times.speech_end) * 1000, 1)
+
         await self._outbox.put({
             "type": "latency",
             "turn_id": end.turn_id,
             "asr_ms": round(asr_s * 1000, 1),
-            "first_audio_ms": None if first_audio is None else round((first_audio - t0) * 1000, 1),
+            "first_audio_ms": None if st.first_audio is None else round((st.first_audio - t0) * 1000, 1),
             "turn_ms": round((monotonic() - t0) * 1000, 1),
             "stages_ms": {k: round(v * 1000, 1) for k, v in timings.items()},
+            "speech_end_ms": times.speech_end_ms,
+            "from_speech_end_ms": None if times.speech_end is None else {
+                "transcript_final": since_end(times.t_final),
+                "first_token": since_end(first_token),
+                "first_audio_sent": since_end(st.first_audio)},
+            "draft": times.draft,
+            "end_of_turn": times.listen,
         })
         if trace is not None:
-            await self._outbox.put({"type": "trace", "turn_id": end.turn_id, "trace": trace.to_dict()})
+            data = trace.to_dict()
+            if times.listen is not None:
+                data["end_of_turn"] = {**times.listen, "draft": times.draft,
+                                       "drafts": dict(self.drafts)}
+            await self._outbox.put({"type": "trace", "turn_id": end.turn_id, "trace": data})
 
     # ------------------------------------------------------------------ output
 
@@ -850,6 +1173,7 @@ class LiveSession:
         if self._closed:
             return
         self._closed = True
+        self._drop_listen()
         if not finish:
             # The last few messages of a cancelled turn (interruption, turn end) still go
             # to a client that reads, but never wait for room: a turn must not stay blocked
@@ -859,4 +1183,18 @@ class LiveSession:
                 assert self._turn_scope is not None
                 self._turn_scope.cancel()
         await self.wait_idle()
+        if self._last_done is not None:
+            await self._last_done.wait()
         self._outbox.close()
+
+
+class _TurnOut:
+    """What one turn has sent so far."""
+
+    __slots__ = ("reply", "end", "first_audio", "first_token")
+
+    def __init__(self) -> None:
+        self.reply: ReplyAudio | None = None
+        self.end: TurnEnd | None = None
+        self.first_audio: float | None = None
+        self.first_token: float | None = None

@@ -418,4 +418,4 @@ async def test_real_vad_sessions_share_one_model_but_not_state(piper_question):
         b.speech_prob(np.zeros(512, np.float32))  # another session, in between
     assert max(alone) > 0.5, "the VAD hears the speech"
     assert np.allclose(alone, interleaved, atol=1e-5)
-    assert a._inner._session is b._inner._session
+    assert a._session is b._session  # one loaded ONNX model

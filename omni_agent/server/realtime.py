@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import secrets
-from dataclasses import replace
+
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +105,7 @@ async def serve_realtime(server: "AgentServer", ws: WebSocket) -> None:
     except OmniAgentError as e:
         await _refuse(server, ws, WS_TRY_LATER, "no_vad", str(e))
         return
-    live_cfg = replace(cfg.live, sample_rate=vad.sample_rate)
+    live_cfg = cfg.live.replace(sample_rate=vad.sample_rate)
     talker = server.agent.talker
     proto = RealtimeProtocol(
         dialect=realtime_dialect(ws.headers),  # type: ignore[arg-type]
@@ -213,7 +213,7 @@ class _Link:
             live.session.instructions = cmd.text or None
         elif t is Configure:
             try:
-                live.config = replace(live.config, **cmd.changes).check()
+                live.config = live.config.replace(**cmd.changes).check()
             except ConfigError as e:  # checked by the protocol already; never silent
                 await self._post([proto.error("invalid_value", str(e))])
 

@@ -34,7 +34,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from dataclasses import replace
+
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -162,7 +162,7 @@ async def serve_twilio(server: AgentServer, ws: WebSocket) -> None:
         "max_errors": min(tcfg.limits.max_errors, cfg.max_protocol_errors)})
     proto = TwilioProtocol(limits)
     # The live session takes the line's 8 kHz; its own soxr stream resamples for the VAD.
-    live_cfg = replace(cfg.live, sample_rate=PHONE_RATE)
+    live_cfg = cfg.live.replace(sample_rate=PHONE_RATE)
     sid = "call-" + secrets.token_hex(8)
     conn = _Conn(ws, LiveSession(server.agent.session(sid), vad=vad, config=live_cfg), client, False)
     call = _Call(server, conn, proto, tcfg)

@@ -36,7 +36,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -422,7 +422,7 @@ class WebRTCTransport:
                 vad = await server.live_vad()
             except OmniAgentError as e:
                 raise _Refuse(503, "no_vad", str(e)) from None
-            live_cfg = replace(live_cfg, sample_rate=vad.sample_rate)
+            live_cfg = live_cfg.replace(sample_rate=vad.sample_rate)
             slot = _Slot(self, client)
             try:
                 answer = await self._tg.start(self._serve, offer, slot, live_cfg)
