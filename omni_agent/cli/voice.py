@@ -195,6 +195,38 @@ def ask(prompt, audio, output, talker_name, voice, lang, url, raw, play, as_json
         raise click.UsageError("give the question: -p TEXT or --audio FILE")
     if raw and as_json:
         raise click.UsageError("--raw and --json both want stdout: pick one")
+    agent, turn = _ask_agent(config_path, allow_imports, prompt, audio, talker_name=talker_name, voice=voice,
+                             lang=lang, url=url)
+    session = agent.session()
+    out = _AskOutput(sys.stderr if raw else sys.stdout, as_json=as_json, raw=raw,
+                     clause_mode=agent.display == "clause")
+
+    async def run() -> None:
+        try:
+            async with agent:  # the agent's services (MCP servers) run for the turn
+                # Load models first, so the turn's timings measure the turn, not the loading.
+                loaded = await agent.warm_up()
+                if loaded and not as_json:
+                    click.echo(click.style("loaded " + ", ".join(f"{k} {v:.1f} s" for k, v in loaded.items()),
+                                           dim=True), err=True)
+                async for ev in session.run(turn):
+                    out.show(ev)
+        finally:
+            await agent.aclose()
+
+    asyncio.run(run())
+    out.finish(session.last_trace, output=output, play=play, no_trace=no_trace)
+    if out.end is None or out.end.reason == "error":
+        raise SystemExit(1)
+
+
+def _ask_agent(config_path: str | None, allow_imports: Any, prompt: str | None, audio: str | None, *,
+               talker_name: str | None, voice: str | None, lang: str | None, url: str | None) -> tuple[Any, Any]:
+    """The agent ``ask`` runs and the user's turn.
+
+    The Talker comes from the options when any is given (or the config has none), else
+    from the config; a spoken question gets default Ears when the config has none.
+    """
     from ..config import build_agent, imports_policy, load_config
     from ..registry import import_policy
 
@@ -214,62 +246,66 @@ def ask(prompt, audio, output, talker_name, voice, lang, url, raw, play, as_json
             from ..ears import Ears
 
             overrides["ears"] = Ears()
-        agent = build_agent(cfg, **overrides)
-    session = agent.session()
-    text_out = sys.stderr if raw else sys.stdout
+        return build_agent(cfg, **overrides), turn
 
-    async def run() -> tuple[list[AudioChunk], TurnEnd | None]:
-        chunks: list[AudioChunk] = []
-        end = None
-        clause_mode = agent.display == "clause"
-        first_clause = True
-        try:
-            async with agent:  # the agent's services (MCP servers) run for the turn
-                # Load models first, so the turn's timings measure the turn, not the loading.
-                loaded = await agent.warm_up()
-                if loaded and not as_json:
-                    click.echo(click.style("loaded " + ", ".join(f"{k} {v:.1f} s" for k, v in loaded.items()),
-                                           dim=True), err=True)
-                async for ev in session.run(turn):
-                    if as_json:
-                        text_out.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
-                    elif isinstance(ev, UserTurn):
-                        for p in ev.parts:
-                            if getattr(p, "transcript", None) is not None:
-                                click.echo(click.style(f"heard: {p.transcript}", dim=True), err=True)
-                    elif type(ev) is TextDelta and not clause_mode:
-                        text_out.write(ev.text)
-                    elif type(ev) is Utterance and clause_mode and ev.display:
-                        text_out.write(("" if first_clause else " ") + ev.display)
-                        first_clause = False
-                    elif isinstance(ev, (ToolCall, ToolResult)):
-                        what = f"[tool call] {ev.name}({ev.arguments})" if isinstance(ev, ToolCall) else \
-                            f"[tool result] {ev.name}: {ev.content}"
-                        click.echo(click.style(what, dim=True), err=True)
-                    elif isinstance(ev, ErrorEvent):
-                        click.echo(click.style(f"[error] {ev.stage}: {ev.message}", fg="red"), err=True)
-                    if isinstance(ev, AudioChunk):
-                        chunks.append(ev)
-                        if raw and ev.pcm:
-                            from ..audio import write_pcm
 
-                            write_pcm(ev.pcm)
-                    elif isinstance(ev, TurnEnd):
-                        end = ev
-                    text_out.flush()
-        finally:
-            await agent.aclose()
-        return chunks, end
+class _AskOutput:
+    """Where ``ask`` puts what a turn yields: the answer's text (or JSON lines), notes on
+    stderr, raw PCM on stdout; it keeps the audio and the turn's end."""
 
-    chunks, end = asyncio.run(run())
-    trace = session.last_trace
-    if as_json:
-        text_out.write(json.dumps({"type": "trace", **trace.to_dict()}, ensure_ascii=False) + "\n")
-    else:
-        text_out.write("\n")
-    text_out.flush()
-    seconds, rate = _emit_audio(chunks, output, play)
-    if not as_json:
+    def __init__(self, text_out: Any, *, as_json: bool, raw: bool, clause_mode: bool):
+        self.text_out = text_out
+        self.as_json = as_json
+        self.raw = raw
+        self.clause_mode = clause_mode
+        self.first_clause = True
+        self.chunks: list[AudioChunk] = []
+        self.end: TurnEnd | None = None
+
+    def show(self, ev: Any) -> None:
+        """One event of the turn."""
+        if self.as_json:
+            self.text_out.write(json.dumps(event_to_dict(ev), ensure_ascii=False) + "\n")
+        else:
+            self._show_text(ev)
+        if isinstance(ev, AudioChunk):
+            self.chunks.append(ev)
+            if self.raw and ev.pcm:
+                from ..audio import write_pcm
+
+                write_pcm(ev.pcm)
+        elif isinstance(ev, TurnEnd):
+            self.end = ev
+        self.text_out.flush()
+
+    def _show_text(self, ev: Any) -> None:
+        if isinstance(ev, UserTurn):
+            for p in ev.parts:
+                if getattr(p, "transcript", None) is not None:
+                    click.echo(click.style(f"heard: {p.transcript}", dim=True), err=True)
+        elif type(ev) is TextDelta and not self.clause_mode:
+            self.text_out.write(ev.text)
+        elif type(ev) is Utterance and self.clause_mode and ev.display:
+            self.text_out.write(("" if self.first_clause else " ") + ev.display)
+            self.first_clause = False
+        elif isinstance(ev, (ToolCall, ToolResult)):
+            what = f"[tool call] {ev.name}({ev.arguments})" if isinstance(ev, ToolCall) else \
+                f"[tool result] {ev.name}: {ev.content}"
+            click.echo(click.style(what, dim=True), err=True)
+        elif isinstance(ev, ErrorEvent):
+            click.echo(click.style(f"[error] {ev.stage}: {ev.message}", fg="red"), err=True)
+
+    def finish(self, trace: Any, *, output: str | None, play: bool, no_trace: bool) -> None:
+        """After the turn: the trace (JSON) or a newline, the audio out, the latency breakdown."""
+        text_out = self.text_out
+        if self.as_json:
+            text_out.write(json.dumps({"type": "trace", **trace.to_dict()}, ensure_ascii=False) + "\n")
+        else:
+            text_out.write("\n")
+        text_out.flush()
+        seconds, rate = _emit_audio(self.chunks, output, play)
+        if self.as_json:
+            return
         if output:
             click.echo(f"spoken answer: {seconds:.2f} s at {rate} Hz -> {output}", err=True)
         if not no_trace:
@@ -277,8 +313,6 @@ def ask(prompt, audio, output, talker_name, voice, lang, url, raw, play, as_json
             summary = trace.summary()
             if summary:
                 click.echo(click.style(summary, dim=True), err=True)
-    if end is None or end.reason == "error":
-        raise SystemExit(1)
 
 
 def register(group: click.Group) -> None:

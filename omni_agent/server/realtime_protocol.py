@@ -32,7 +32,7 @@ import base64
 import binascii
 import secrets
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -619,7 +619,6 @@ class RealtimeProtocol:
     def _on_session_update(self, ev: SessionUpdateIn) -> Received:
         s = ev.session
         new = self.session.model_copy(deep=True)
-        fields_set = s.model_fields_set
         if s.instructions is not None:
             if len(s.instructions) > self.limits.max_text_chars:
                 raise _Refusal("invalid_value", f"instructions are over {self.limits.max_text_chars} "
@@ -641,47 +640,11 @@ class RealtimeProtocol:
                 raise _Refusal("invalid_value", "this agent has no Talker: it can only answer in text",
                                param="session.output_modalities")
             new.output_modalities = want
-        # Formats: only pcm16 at 24 kHz, both ways.
-        checks = [("session.input_audio_format", s.input_audio_format),
-                  ("session.output_audio_format", s.output_audio_format)]
-        if s.audio is not None:
-            checks += [("session.audio.input.format", s.audio.input.format if s.audio.input else None),
-                       ("session.audio.output.format", s.audio.output.format if s.audio.output else None)]
-        for param, fmt in checks:
-            _check_format(param, fmt)
-        # Turn detection: GA audio.input.turn_detection or beta turn_detection; null turns it off.
-        td_given, td = False, None
-        if "turn_detection" in fields_set:
-            td_given, td = True, s.turn_detection
-        if s.audio is not None and s.audio.input is not None and "turn_detection" in s.audio.input.model_fields_set:
-            td_given, td = True, s.audio.input.turn_detection
+        self._check_formats(s)
         commands: list[Command] = []
+        td_given, td = self._asked_turn_detection(s)
         if td_given:
-            if td is None:
-                new.turn_detection = None
-            else:
-                if td.create_response is False:
-                    raise _Refusal("unsupported_value", "create_response=false is not supported: with "
-                                   "server VAD every user turn is answered; turn detection off "
-                                   "(turn_detection: null) lets you commit and respond yourself",
-                                   param="session.audio.input.turn_detection.create_response")
-                changes: dict[str, Any] = {}
-                if td.threshold is not None:
-                    changes["threshold"] = td.threshold
-                if td.prefix_padding_ms is not None:
-                    changes["pre_roll_ms"] = td.prefix_padding_ms
-                if td.silence_duration_ms is not None:
-                    changes["end_silence_ms"] = td.silence_duration_ms
-                if td.interrupt_response is not None:
-                    changes["barge_in"] = td.interrupt_response
-                try:
-                    cfg = replace(self.live, **changes).check()
-                except Exception as e:  # noqa: BLE001 - ConfigError: a clear message
-                    raise _Refusal("invalid_value", str(e), param="session.turn_detection") from None
-                self.live = cfg
-                new.turn_detection = self._vad_out(cfg)
-                if changes:
-                    commands.append(Configure(changes))
+            new.turn_detection = self._update_turn_detection(td, commands)
         if s.instructions is not None:
             commands.append(Instruct(s.instructions))
         was_vad = self.vad
@@ -693,6 +656,60 @@ class RealtimeProtocol:
             self._clear_buffer()
         return Received(events=[self.event("session.updated", session=self._session_obj())],
                         commands=commands)
+
+    @staticmethod
+    def _check_formats(s: SessionIn) -> None:
+        # Formats: only pcm16 at 24 kHz, both ways.
+        checks = [("session.input_audio_format", s.input_audio_format),
+                  ("session.output_audio_format", s.output_audio_format)]
+        if s.audio is not None:
+            checks += [("session.audio.input.format", s.audio.input.format if s.audio.input else None),
+                       ("session.audio.output.format", s.audio.output.format if s.audio.output else None)]
+        for param, fmt in checks:
+            _check_format(param, fmt)
+
+    @staticmethod
+    def _asked_turn_detection(s: SessionIn) -> tuple[bool, TurnDetectionIn | None]:
+        """Whether the update sets turn detection, and to what (None: off).
+
+        GA puts it in audio.input.turn_detection, beta in turn_detection; GA wins when both are sent.
+        """
+        td_given, td = False, None
+        if "turn_detection" in s.model_fields_set:
+            td_given, td = True, s.turn_detection
+        if s.audio is not None and s.audio.input is not None and "turn_detection" in s.audio.input.model_fields_set:
+            td_given, td = True, s.audio.input.turn_detection
+        return td_given, td
+
+    def _update_turn_detection(self, td: TurnDetectionIn | None, commands: list[Command]) -> TurnDetectionOut | None:
+        """Apply the client's turn detection (None: off) to the live config; the session's new value.
+
+        A change of VAD timing also goes to the live loop, as a ``Configure`` in ``commands``.
+        """
+        if td is None:
+            return None
+        if td.create_response is False:
+            raise _Refusal("unsupported_value", "create_response=false is not supported: with "
+                           "server VAD every user turn is answered; turn detection off "
+                           "(turn_detection: null) lets you commit and respond yourself",
+                           param="session.audio.input.turn_detection.create_response")
+        changes: dict[str, Any] = {}
+        if td.threshold is not None:
+            changes["threshold"] = td.threshold
+        if td.prefix_padding_ms is not None:
+            changes["pre_roll_ms"] = td.prefix_padding_ms
+        if td.silence_duration_ms is not None:
+            changes["end_silence_ms"] = td.silence_duration_ms
+        if td.interrupt_response is not None:
+            changes["barge_in"] = td.interrupt_response
+        try:
+            cfg = self.live.replace(**changes).check()
+        except Exception as e:  # noqa: BLE001 - ConfigError: a clear message
+            raise _Refusal("invalid_value", str(e), param="session.turn_detection") from None
+        self.live = cfg
+        if changes:
+            commands.append(Configure(changes))
+        return self._vad_out(cfg)
 
     def _on_input_audio_buffer_append(self, ev: AppendIn) -> Received:
         try:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Mapping
 
 import anyio
@@ -322,6 +323,207 @@ def _at_speed(tk: Talker, speed: float | None) -> tuple[Talker, float]:
     return tk, speed
 
 
+class _Refused(Exception):
+    """A request turned down before any audio: the JSON error it gets and the metric's reason."""
+
+    def __init__(self, status: int, message: str, reason: str, *, fmt: str = "unknown",
+                 kind: str = "invalid_request_error", code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.fmt = fmt
+        self.kind = kind
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        """The JSON error answer."""
+        return _error(self.status, str(self), self.kind, code=self.code, param=self.param, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class _SpeechJob:
+    """A validated speech request: what to say, with which Talker, into which format."""
+
+    text: str
+    fmt: str
+    talker: Talker
+    speed: float | None
+    lang: str | None
+    out_rate: int | None
+    complete: bool  # the whole file before the first byte (WAV / FLAC unless streaming was asked)
+
+
+class _Answer:
+    """One answer in the making: the Talker's chunks through one encoder.
+
+    It holds a synthesis slot (``release``) and the Talker's stream until :meth:`close`.
+    """
+
+    def __init__(self, job: _SpeechJob, chunks: AsyncIterator[AudioChunk], release: Callable[[], None],
+                 metrics: _Metrics, t0: float):
+        self.job = job
+        self.chunks = chunks
+        self.release = release
+        self.metrics = metrics
+        self.t0 = t0
+        self.encoder: SpeechEncoder | None = None
+        self.first: AudioChunk | None = None
+        self.rate = 0
+        self.sent = 0
+
+    async def start(self, tempo: float) -> SpeechEncoder:
+        """Wait for the first chunk (its rate is the stream's) and open the encoder."""
+        job = self.job
+        self.first = await anext(self.chunks, None)
+        rate = self.rate = self.first.sample_rate if self.first is not None else job.talker.sample_rate
+        self.encoder = await anyio.to_thread.run_sync(
+            lambda: SpeechEncoder(job.fmt, rate, out_rate=job.out_rate, tempo=tempo, complete=job.complete))
+        return self.encoder
+
+    async def close(self) -> None:
+        """Stop the Talker's stream, free the codec and give the synthesis slot back."""
+        try:
+            await _close(self.chunks)
+        finally:
+            if self.encoder is not None:
+                self.encoder.close()  # frees the codec; writes nothing more (quick)
+            self.release()
+
+    async def whole(self, request: Request) -> bytes | None:
+        """The whole file; None when the client hung up meanwhile."""
+        assert self.encoder is not None
+        return await _encode_all(self.encoder, self.first, self.chunks, self.rate, request, self.metrics,
+                                 self.job.fmt)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The encoded bytes as the Talker makes the audio."""
+        encoder, fmt = self.encoder, self.job.fmt
+        assert encoder is not None
+        if self.first is not None:
+            if data := self._sending(await _feed(encoder, self.first, self.rate, self.metrics, fmt)):
+                yield data
+        async for chunk in self.chunks:
+            if data := self._sending(await _feed(encoder, chunk, self.rate, self.metrics, fmt)):
+                yield data
+        if data := self._sending(await anyio.to_thread.run_sync(encoder.finish)):
+            yield data
+        self.metrics.answer.labels(fmt).observe(time.perf_counter() - self.t0)
+
+    def _sending(self, data: bytes) -> bytes:
+        # Counted as it is handed to the server; the first bytes also time the first byte.
+        if data:
+            fmt = self.job.fmt
+            if not self.sent:
+                self.metrics.first_byte.labels(fmt).observe(time.perf_counter() - self.t0)
+            self.sent += len(data)
+            self.metrics.bytes.labels(fmt).inc(len(data))
+        return data
+
+
+class _SpeechService:
+    """``POST /v1/audio/speech``: validate, wait for a synthesis slot, encode, answer."""
+
+    def __init__(self, talkers: dict[str, Talker], default: str, limits: SpeechLimits,
+                 sample_rate: int | None):
+        self.talkers = talkers
+        self.default = default
+        self.limits = limits
+        self.sample_rate = sample_rate
+        self.gate = _SynthesisGate(limits)
+        self.metrics = _Metrics(self.gate)
+
+    async def speech(self, request: Request) -> Response:
+        """The route: any refusal before the first byte is a JSON error, counted."""
+        t0 = time.perf_counter()
+        raw = await request.body()
+        try:
+            return await self._answer(request, self._job(raw, request.headers.get("x-sample-rate")), t0)
+        except _Refused as e:
+            self.metrics.refuse(e.fmt, e.status, e.reason)
+            return e.response()
+
+    def _request(self, raw: bytes) -> SpeechRequest:
+        try:
+            body = parse_json(raw, max_depth=self.limits.max_json_depth)
+        except InvalidJSON as e:
+            raise _Refused(400, f"the body must be JSON: {{\"input\": \"text to speak\", ...}} ({e})",
+                           "bad_request") from None
+        if not isinstance(body, dict):
+            raise _Refused(400, "the body must be a JSON object", "bad_request")
+        try:
+            return SpeechRequest.model_validate(body)
+        except ValidationError as e:
+            raise _Refused(400, _explain(e.errors(include_url=False)[0]), "bad_request") from None
+
+    def _job(self, raw: bytes, rate_header: str | None) -> _SpeechJob:
+        req = self._request(raw)
+        text, fmt = req.input, req.response_format
+        if fmt not in RESPONSE_FORMATS:
+            raise _Refused(400, f"response_format {fmt!r} is not served here: use one of "
+                                f"{', '.join(RESPONSE_FORMATS)}", "bad_format", param="response_format")
+        if not text.strip():
+            raise _Refused(400, "'input' is required: the text to speak (a non-empty string)", "bad_request",
+                           fmt=fmt)
+        if len(text) > self.limits.max_input_chars:
+            raise _Refused(400, f"'input' is {len(text)} characters; at most {self.limits.max_input_chars} "
+                                "are accepted", "input_too_long", fmt=fmt, param="input")
+        try:
+            out_rate = _asked_rate(rate_header, self.sample_rate)
+        except ValueError as e:
+            raise _Refused(400, str(e), "bad_request", fmt=fmt, param="X-Sample-Rate") from None
+        tk = self.talkers.get(req.voice) if req.voice is not None else None
+        return _SpeechJob(
+            text=text, fmt=fmt, talker=tk or self.talkers[self.default], speed=req.speed,
+            lang=req.language or req.lang, out_rate=out_rate,
+            # WAV and FLAC headers state the length: stream them only when asked to.
+            complete=RESPONSE_FORMATS[fmt].sized_header and req.stream_format != "audio")
+
+    async def _answer(self, request: Request, job: _SpeechJob, t0: float) -> Response:
+        fmt, tk = job.fmt, job.talker
+        try:
+            release = await self.gate.acquire()
+        except _Busy as e:
+            raise _Refused(e.status, str(e), "busy", fmt=fmt, kind="server_busy", code="server_busy",
+                           headers={"Retry-After": "2"}) from None
+        try:
+            # in a worker thread: a Talker may measure itself the first time (Piper does)
+            spoken, tempo = await anyio.to_thread.run_sync(_at_speed, tk, job.speed)
+        except Exception as e:  # noqa: BLE001 - a Talker's own refusal, before any byte
+            release()
+            raise _Refused(500, f"{tk.name} cannot speak at speed {job.speed}: {e}", "talker_error", fmt=fmt,
+                           kind="talker_error") from None
+        answer = _Answer(job, _speak_pieces(spoken, speech_pieces(job.text, self.limits.max_piece_chars), job.lang),
+                         release, self.metrics, t0)
+        try:
+            encoder = await answer.start(tempo)
+            # Whole file first (bounded by max_input_chars): a failure is still a JSON 500.
+            data = await answer.whole(request) if job.complete else None
+        except Exception as e:  # noqa: BLE001 - before any byte is sent: a clean JSON error
+            await answer.close()
+            raise _Refused(500, f"{tk.name} could not synthesize the input: {e}", "talker_error", fmt=fmt,
+                           kind="talker_error") from None
+        except BaseException:
+            await answer.close()
+            raise
+        headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Talker": tk.name, "Cache-Control": "no-store"}
+        if not job.complete:
+            self.metrics.requests.labels(fmt, "200").inc()
+            return _SpeechResponse(answer.stream(), media_type=encoder.media_type, headers=headers,
+                                   on_close=answer.close)
+        await answer.close()
+        if data is None:  # the client hung up while the file was being made: nobody reads this
+            self.metrics.refuse(fmt, 499, "client_gone")
+            return Response(b"", status_code=499)
+        self.metrics.requests.labels(fmt, "200").inc()
+        self.metrics.first_byte.labels(fmt).observe(time.perf_counter() - t0)
+        self.metrics.answer.labels(fmt).observe(time.perf_counter() - t0)
+        self.metrics.bytes.labels(fmt).inc(len(data))
+        return Response(data, media_type=encoder.media_type, headers=headers)
+
+
 def create_talker_app(talker: Talker | Mapping[str, Talker], *,
                       default_voice: str | None = None,
                       security: WebSecurity | None = None,
@@ -345,127 +547,7 @@ def create_talker_app(talker: Talker | Mapping[str, Talker], *,
     if sample_rate is not None and not 8000 <= sample_rate <= 96000:
         raise ValueError(f"sample_rate must be between 8000 and 96000 Hz (or None), not {sample_rate}")
     limits = limits or SpeechLimits()
-    gate = _SynthesisGate(limits)
-    metrics = _Metrics(gate)
-
-    async def speech(request: Request) -> Response:
-        t0 = time.perf_counter()
-        try:
-            body = parse_json(await request.body(), max_depth=limits.max_json_depth)
-        except InvalidJSON as e:
-            metrics.refuse("unknown", 400, "bad_request")
-            return _error(400, f"the body must be JSON: {{\"input\": \"text to speak\", ...}} ({e})")
-        if not isinstance(body, dict):
-            metrics.refuse("unknown", 400, "bad_request")
-            return _error(400, "the body must be a JSON object")
-        try:
-            req = SpeechRequest.model_validate(body)
-        except ValidationError as e:
-            metrics.refuse("unknown", 400, "bad_request")
-            return _error(400, _explain(e.errors(include_url=False)[0]))
-        text = req.input
-        fmt = req.response_format
-        if fmt not in RESPONSE_FORMATS:
-            metrics.refuse("unknown", 400, "bad_format")
-            return _error(400, f"response_format {fmt!r} is not served here: use one of "
-                               f"{', '.join(RESPONSE_FORMATS)}", param="response_format")
-        if not text.strip():
-            metrics.refuse(fmt, 400, "bad_request")
-            return _error(400, "'input' is required: the text to speak (a non-empty string)")
-        if len(text) > limits.max_input_chars:
-            metrics.refuse(fmt, 400, "input_too_long")
-            return _error(400, f"'input' is {len(text)} characters; at most "
-                               f"{limits.max_input_chars} are accepted", param="input")
-        try:
-            out_rate = _asked_rate(request.headers.get("x-sample-rate"), sample_rate)
-        except ValueError as e:
-            metrics.refuse(fmt, 400, "bad_request")
-            return _error(400, str(e), param="X-Sample-Rate")
-        tk = talkers.get(req.voice) if req.voice is not None else None
-        tk = tk or talkers[default]
-        lang = req.language or req.lang
-        # WAV and FLAC headers state the length: stream them only when asked to.
-        complete = RESPONSE_FORMATS[fmt].sized_header and req.stream_format != "audio"
-
-        try:
-            release = await gate.acquire()
-        except _Busy as e:
-            metrics.refuse(fmt, e.status, "busy")
-            return _error(e.status, str(e), "server_busy", code="server_busy",
-                          headers={"Retry-After": "2"})
-        try:
-            # in a worker thread: a Talker may measure itself the first time (Piper does)
-            spoken, tempo = await anyio.to_thread.run_sync(_at_speed, tk, req.speed)
-        except Exception as e:  # noqa: BLE001 - a Talker's own refusal, before any byte
-            release()
-            metrics.refuse(fmt, 500, "talker_error")
-            return _error(500, f"{tk.name} cannot speak at speed {req.speed}: {e}", "talker_error")
-        chunks = _speak_pieces(spoken, speech_pieces(text, limits.max_piece_chars), lang)
-        encoder: SpeechEncoder | None = None
-
-        async def close() -> None:
-            try:
-                await _close(chunks)
-            finally:
-                if encoder is not None:
-                    encoder.close()  # frees the codec; writes nothing more (quick)
-                release()
-
-        try:
-            first: AudioChunk | None = await anext(chunks, None)
-            rate = first.sample_rate if first is not None else tk.sample_rate
-            encoder = await anyio.to_thread.run_sync(
-                lambda: SpeechEncoder(fmt, rate, out_rate=out_rate, tempo=tempo, complete=complete))
-            if complete:
-                # Whole file first (bounded by max_input_chars): a failure is still a JSON 500.
-                data = await _encode_all(encoder, first, chunks, rate, request, metrics, fmt)
-        except Exception as e:  # noqa: BLE001 - before any byte is sent: a clean JSON error
-            await close()
-            metrics.refuse(fmt, 500, "talker_error")
-            return _error(500, f"{tk.name} could not synthesize the input: {e}", "talker_error")
-        except BaseException:
-            await close()
-            raise
-        assert encoder is not None
-        headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Talker": tk.name,
-                   "Cache-Control": "no-store"}
-        if complete:
-            await close()
-            if data is None:  # the client hung up while the file was being made: nobody reads this
-                metrics.refuse(fmt, 499, "client_gone")
-                return Response(b"", status_code=499)
-            metrics.requests.labels(fmt, "200").inc()
-            metrics.first_byte.labels(fmt).observe(time.perf_counter() - t0)
-            metrics.answer.labels(fmt).observe(time.perf_counter() - t0)
-            metrics.bytes.labels(fmt).inc(len(data))
-            return Response(data, media_type=encoder.media_type, headers=headers)
-
-        async def body_iter() -> AsyncIterator[bytes]:
-            assert encoder is not None
-            sent = 0
-
-            async def out(data: bytes) -> AsyncIterator[bytes]:
-                nonlocal sent
-                if data:
-                    if not sent:
-                        metrics.first_byte.labels(fmt).observe(time.perf_counter() - t0)
-                    sent += len(data)
-                    metrics.bytes.labels(fmt).inc(len(data))
-                    yield data
-
-            if first is not None:
-                async for b in out(await _feed(encoder, first, rate, metrics, fmt)):
-                    yield b
-            async for chunk in chunks:
-                async for b in out(await _feed(encoder, chunk, rate, metrics, fmt)):
-                    yield b
-            async for b in out(await anyio.to_thread.run_sync(encoder.finish)):
-                yield b
-            metrics.answer.labels(fmt).observe(time.perf_counter() - t0)
-
-        metrics.requests.labels(fmt, "200").inc()
-        return _SpeechResponse(body_iter(), media_type=encoder.media_type,
-                               headers=headers, on_close=close)
+    service = _SpeechService(talkers, default, limits, sample_rate)
 
     async def models(_request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -476,11 +558,11 @@ def create_talker_app(talker: Talker | Mapping[str, Talker], *,
         return JSONResponse({"status": "ok", "talkers": sorted(talkers)})
 
     async def metrics_page(_request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
-            Route("/v1/audio/speech", speech, methods=["POST"]),
+            Route("/v1/audio/speech", service.speech, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics_page, methods=["GET"]),
