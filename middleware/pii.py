@@ -12,7 +12,11 @@ What each kind covers:
 * ``phone`` — international (``+44 20 7946 0958``, ``0049 30 1234567``) and national
   formats (``(555) 010-0199``, ``555-0199``, ``030/1234567``, ``01 23 45 67 89``,
   ``13812345678``); dates, year ranges, decimals, thousands groupings and version numbers
-  are not phones;
+  are not phones. ``phone_regions=["IT", "FO"]`` adds the numbering plans of the countries
+  a deployment serves (libphonenumber's, via :mod:`phonenumbers`): where the rules cannot
+  tell (a grouping that also reads as thousands, "800 123 456"; a number after "call" too
+  short for most countries, the Faroese "20 12 34"), a number valid in those plans is a
+  phone;
 * ``email`` — ``name@example.com``, also spaced (``name @ example . com``) and written out
   or defanged (``name (at) example (dot) com``, ``name at example dot com``,
   ``name[@]example[.]com``);
@@ -50,12 +54,12 @@ import ipaddress
 import json
 from typing import Any, AsyncIterator, Iterable, Mapping
 
+import phonenumbers
 import regex
 
 from omni_agent.bus import Middleware, TurnContext
 from omni_agent.errors import Blocked, ConfigError
-from omni_agent.events import (AudioPart, Event, ReasoningDelta, TextDelta, TextPart,
-                               UserTurn, Utterance)
+from omni_agent.events import AudioPart, Event, ReasoningDelta, TextDelta, TextPart, UserTurn, Utterance
 
 from ._scan import Finding, NormalizedScanner, StreamHold, apply_findings, held_stream, partial_start
 from .normalize import normalize, visible
@@ -228,6 +232,14 @@ def _split_run(s: str) -> tuple[list[str], list[str]]:
 
 def phone_ok(run: str, before: str) -> bool:
     """Whether a run of digit groups reads as a phone number (``before``: preceding text)."""
+    return phone_verdict(run, before) is True
+
+
+def phone_verdict(run: str, before: str) -> bool | None:
+    """:func:`phone_ok` with doubt: True (a phone), False (something else: a date, a
+    decimal, a version, an order number...) or None (the rules cannot tell: a number
+    after "call" too short for most plans, a grouping that also reads as thousands or as
+    two numbers). A numbering plan (``phone_regions``) settles the None cases."""
     groups, seps = _split_run(run)
     n = sum(len(g) for g in groups)
     if run.startswith("+"):
@@ -237,17 +249,21 @@ def phone_ok(run: str, before: str) -> bool:
     if _NOT_PHONE_WORDS.search(before[-24:]) is not None:
         return False
     keyword = _PHONE_WORDS.search(before[-32:]) is not None
+    short = None if keyword and n >= 3 else False  # "call 21 234": maybe, in a small country
     if len(groups) == 1:
         if keyword:
-            return 7 <= n <= 15
+            return 7 <= n <= 15 or (short if n < 7 else False)
         return 10 <= n <= 15 or (n == 9 and run[0] == "0")
-    if n > 15 or n < 7:
+    if n > 15:
         return False
+    if n < 7:
+        return short
     bare = [s.strip(" \u00a0()") for s in seps]
     if _is_date(groups, seps):
         return False
     if len(groups) == 2 and all(len(g) == 4 and 1000 <= int(_digits(g)) <= 2999 for g in groups):
-        return False  # a year range: 1990-2000
+        # a year range: 1990-2000 (but "1700 1234", with a space, may be a number)
+        return None if bare[0] == "" else False
     if len(groups) == 2 and bare[0] in ("-", "\u2013", "/") and (
             (len(groups[0]) == 4 and 1900 <= int(_digits(groups[0])) <= 2099)  # 2024-0042
             or all(g[-1] == "0" and g[0] != "0" for g in groups)):  # a range: 100-2000
@@ -262,9 +278,9 @@ def phone_ok(run: str, before: str) -> bool:
         return False  # a decimal or a fraction
     if (len(set(bare)) == 1 and bare[0] in ("", ".") and 1 <= len(groups[0]) <= 3
             and groups[0][0] != "0" and all(len(g) == 3 for g in groups[1:])):
-        return False  # thousands: 1 234 567 / 1.234.567
+        return None if bare[0] == "" else False  # thousands: 1 234 567 / 1.234.567
     if all(b == "" for b in bare) and "(" not in run and run[0] != "0" and n < 8:
-        return False  # "in 2023 500 people": two numbers, not "555 0199"
+        return None  # "in 2023 500 people": two numbers, not "555 0199"
     return True
 
 
@@ -287,7 +303,9 @@ def _windows(groups: list[str], lo: int, hi: int) -> Iterable[tuple[int, int]]:
 
 
 class PIIDetector(NormalizedScanner):
-    """Finds PII in text. ``kinds`` limits what it looks for (default: all of KINDS).
+    """Finds PII in text. ``kinds`` limits what it looks for (default: all of KINDS);
+    ``phone_regions`` (two-letter country codes) adds those countries' numbering plans to
+    the phone rules.
 
     ``find(text)`` returns :class:`~omni_agent.middleware._scan.Finding` spans of
     ``text``, sorted and non-overlapping; ``hold_from(text)`` says where streamed text
@@ -297,11 +315,16 @@ class PIIDetector(NormalizedScanner):
 
     _PRIORITY = {"email": 0, "iban": 1, "card": 2, "ssn": 3, "ip": 4, "phone": 5}
 
-    def __init__(self, kinds: Iterable[str] = KINDS):
+    def __init__(self, kinds: Iterable[str] = KINDS, *, phone_regions: Iterable[str] = ()):
         self.kinds = frozenset(kinds)
         unknown = self.kinds - set(KINDS)
         if unknown:
             raise ConfigError(f"unknown PII kind(s) {sorted(unknown)}: use {', '.join(KINDS)}")
+        self.phone_regions = tuple(r.upper() for r in phone_regions)
+        bad = [r for r in self.phone_regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if bad:
+            raise ConfigError(f"pii: phone_regions {bad} are not regions libphonenumber knows: "
+                              "use two-letter country codes such as 'US', 'GB', 'DE'")
         pats: list[str] = []
         for k in KINDS:
             if k in self.kinds:
@@ -401,7 +424,7 @@ class PIIDetector(NormalizedScanner):
                 if luhn_ok(_digits("".join(groups[i:j + 1]))):
                     out.append(Finding("card", start + offs[i][0], start + offs[j][1]))
                     break
-        if "ssn" in kinds and not out:
+        if "ssn" in kinds and not out and run[0] != "+":  # "+591 800 17 1234" is a phone
             for i in range(len(groups)):
                 if (i + 2 < len(groups) and [len(g) for g in groups[i:i + 3]] == [3, 2, 4]
                         and seps[i] == seps[i + 1] and seps[i] in ("-", " ")
@@ -414,7 +437,10 @@ class PIIDetector(NormalizedScanner):
                     break
         if "phone" in kinds and not out:
             before = text[max(0, start - 40):start]
-            if phone_ok(run, before):
+            verdict = phone_verdict(run, before)
+            if verdict is None and self.phone_regions:
+                verdict = self._national_number(run)
+            if verdict:
                 out.append(Finding("phone", start, start + len(run)))
             elif n > 15 and len(groups) > 1 and any(
                     phone_ok(run[offs[i][0]:offs[j][1]], before) for i, j in _windows(groups, 7, 15)):
@@ -422,6 +448,19 @@ class PIIDetector(NormalizedScanner):
                 # unclear, so the whole run goes (a missed digit would be spoken).
                 out.append(Finding("phone", start, start + len(run)))
         return out
+
+    def _national_number(self, run: str) -> bool:
+        """Whether ``run`` is a valid national number in one of the ``phone_regions``
+        (libphonenumber's numbering plans)."""
+        digits = _digits(run)
+        for region in self.phone_regions:
+            try:
+                number = phonenumbers.parse(digits, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(number):
+                return True
+        return False
 
     @staticmethod
     def _ssn_valid(parts: list[str]) -> bool:
@@ -464,7 +503,9 @@ class PIIRedactor(Middleware):
       pattern in progress);
     * ``memory`` — also filter what conversation memory keeps (default: as ``display``);
     * ``input`` — also screen the user's turn before the Thinker (``block`` refuses it);
-    * ``labels`` — replacement words per kind (default by language: "[phone number]").
+    * ``labels`` — replacement words per kind (default by language: "[phone number]");
+    * ``phone_regions`` — countries (``["GB", "DE"]``) whose national numbers count as
+      phones whenever libphonenumber calls them valid, beyond the built-in rules.
     """
 
     name = "pii"
@@ -473,9 +514,10 @@ class PIIRedactor(Middleware):
                  actions: Mapping[str, str] | None = None, display: bool = False,
                  memory: bool | None = None, input: bool = False,
                  labels: Mapping[str, str] | None = None, lang: str | None = None,
+                 phone_regions: Iterable[str] = (),
                  name: str | None = None, timeout: float | None = None, fallback: str | None = None):
         super().__init__(name=name, timeout=timeout, fallback=fallback)
-        self.detector = PIIDetector(kinds)
+        self.detector = PIIDetector(kinds, phone_regions=phone_regions)
         if action not in ACTIONS:
             raise ConfigError(f"pii: action {action!r} is not one of {', '.join(ACTIONS)}")
         self.actions = {k: action for k in KINDS}

@@ -23,6 +23,7 @@ synthesizer would read badly:
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
@@ -285,157 +286,187 @@ def _strip_markup(text: str, url_text: str) -> str:
     return text
 
 
+# Each kind of number: a function from its match to the words (None: leave it as written).
+
+_MONEY_SCALES = {"k": 1000, "K": 1000, "m": 10**6, "M": 10**6, "million": 10**6, "bn": 10**9,
+                 "billion": 10**9}
+
+
+def _say_money_before(m: Any, nums: _Numbers) -> str | None:
+    amount = nums.parse(m.group(3))
+    if amount is None:
+        return None
+    amount *= _MONEY_SCALES.get(m.group(4) or "", 1)
+    if m.group(1):
+        amount = -amount
+    return nums.money(amount, _CURRENCY_SYMBOLS[m.group(2).strip()])
+
+
+
+def _say_money_after(m: Any, nums: _Numbers) -> str | None:
+    amount = nums.parse(m.group(2))
+    if amount is None:
+        return None
+    return nums.money(-amount if m.group(1) else amount, _CURRENCY_SYMBOLS[m.group(3).strip()])
+
+
+def _say_percent(m: Any, nums: _Numbers) -> str | None:
+    v = nums.parse(m.group(2))
+    if v is None:
+        return None
+    return f"{nums.cardinal(-v if m.group(1) else v)} {nums.words['percent']}"
+
+
+def _date_words(nums: _Numbers, y: int, mo: int, d: int) -> str | None:
+    try:
+        _dt.date(y, mo, d)
+    except ValueError:
+        return None
+    months = _MONTHS.get(nums.base)
+    if months is None:
+        return None
+    month, base = months[mo - 1], nums.base
+    if base == "en":
+        return f"{month} {nums.ordinal(d)}, {nums.year(y)}"
+    if base == "de":
+        return f"{nums.ordinal(d)}r {month} {nums.year(y)}"  # "erster Mai"
+    if base == "fr":
+        day = nums.ordinal(1) if d == 1 else nums.cardinal(d)
+        return f"{day} {month} {nums.year(y)}"
+    if base in ("es", "pt"):
+        return f"{nums.cardinal(d)} de {month} de {nums.year(y)}"
+    return f"{nums.cardinal(d)} {month} {nums.year(y)}"
+
+
+def _say_iso_date(m: Any, nums: _Numbers) -> str | None:
+    return _date_words(nums, int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+def _say_dmy_date(m: Any, nums: _Numbers) -> str | None:
+    a, b, y = int(m.group(1)), int(m.group(3)), int(m.group(4))
+    # English (US) writes month first with a slash; everyone else day first.
+    if nums.base == "en" and m.group(2) == "/":
+        return _date_words(nums, y, a, b)
+    return _date_words(nums, y, b, a)
+
+
+def _time_words_en(nums: _Numbers, h: int, mi: int, ampm: str) -> str:
+    w = nums.words
+    suffix = (" " + (w.get("am" if ampm == "a" else "pm") or "")) if ampm else ""
+    if mi == 0:
+        words = f"{nums.cardinal(h)}" + ("" if ampm else f" {w['oclock']}")
+    elif mi < 10:
+        words = f"{nums.cardinal(h)} {w['oh']} {nums.cardinal(mi)}"
+    else:
+        words = f"{nums.cardinal(h)} {nums.cardinal(mi)}"
+    return (words + suffix).strip()
+
+
+def _say_time(m: Any, nums: _Numbers) -> str | None:
+    h, mi = int(m.group(1)), int(m.group(2))
+    if h > 24 or mi > 59:
+        return None
+    base, w = nums.base, nums.words
+    if base == "en":
+        return _time_words_en(nums, h, mi, (m.group(4) or "").lower())
+    hour_word = w.get("oclock", "")
+    minutes = f" {nums.cardinal(mi)}" if mi else ""
+    if base == "de":
+        return f"{nums.cardinal(h)} Uhr{minutes}"
+    if base in ("fr", "pt", "nl"):
+        return f"{nums.cardinal(h)} {hour_word}{minutes}"
+    if base == "es":
+        return f"{nums.cardinal(h)}" + (f" {w['and']} {nums.cardinal(mi)}" if mi else f" {hour_word}")
+    return f"{nums.cardinal(h)}{minutes}" if mi else nums.cardinal(h)
+
+
+def _say_time_ampm(m: Any, nums: _Numbers) -> str | None:
+    h = int(m.group(1))
+    if not 1 <= h <= 12:
+        return None
+    return f"{nums.cardinal(h)} " + (nums.words.get("am" if m.group(2).lower() == "a" else "pm") or "")
+
+
+def _say_unit(m: Any, nums: _Numbers) -> str | None:
+    v = nums.parse(m.group(2))
+    if v is None:
+        return None
+    if m.group(1):
+        v = -v
+    one, many = _UNITS[nums.base][m.group(3)]
+    return f"{nums.cardinal(v)} {one if v == 1 else many}"
+
+
+def _say_ordinal(m: Any, nums: _Numbers) -> str:
+    return nums.ordinal(int(m.group(1)))
+
+
+def _say_month_day(m: Any, nums: _Numbers) -> str:
+    return f"{m.group(1)} {nums.ordinal(int(m.group(2)))}"
+
+
+def _say_year(m: Any, nums: _Numbers) -> str:
+    return nums.year(int(m.group(1)))
+
+
+def _digit_by_digit(s: str, nums: _Numbers) -> str:
+    return " ".join(nums.cardinal(int(c)) for c in s if c.isdigit())
+
+
+def _say_number(m: Any, nums: _Numbers) -> str | None:
+    s = m.group(2)
+    if len(s) > 1 and s[0] == "0" and s[1].isdigit():
+        return _digit_by_digit(s, nums)  # 007, zip codes
+    v = nums.parse(s)
+    if v is None:
+        if s.count(".") + s.count(",") >= 2:  # a version: 3.11.2 -> three point eleven point two
+            sep = f" {nums.words['point']} "
+            return sep.join(nums.cardinal(int(p)) for p in regex.split(r"[.,]", s) if p.isdigit())
+        return None
+    if m.group(1):
+        v = -v
+    if abs(v) >= 10**15:
+        return _digit_by_digit(s, nums)
+    return nums.cardinal(v)
+
+
+def _only(lang: str, rx: Any) -> Callable[[str], Any]:
+    return lambda base: rx if base == lang else None
+
+
+# The kinds in the order they are tried (a price before a plain number, a date before a
+# time): for a language, the pattern that finds the kind (None: not in that language).
+_NUMBER_KINDS: list[tuple[Callable[[str], Any], Callable[[Any, _Numbers], str | None]]] = [
+    (lambda base: _MONEY_BEFORE, _say_money_before),
+    (lambda base: _MONEY_AFTER, _say_money_after),
+    (lambda base: _PERCENT, _say_percent),
+    (lambda base: _ISO_DATE, _say_iso_date),
+    (lambda base: _DMY_DATE, _say_dmy_date),
+    (lambda base: _TIME_EN if base == "en" else _TIME, _say_time),
+    (_only("en", _TIME_AMPM), _say_time_ampm),
+    (_only("en", _MONTH_DAY_EN), _say_month_day),
+    (_only("en", _ORDINAL_EN), _say_ordinal),
+    (_only("en", _YEAR), _say_year),
+    (_only("fr", _ORDINAL_FR), _say_ordinal),
+    (lambda base: _unit_rx(base) if base in _UNITS else None, _say_unit),
+    (lambda base: _NUMBER, _say_number),
+]
+
+
 def _say_numbers(text: str, nums: _Numbers) -> str:
+    """Numbers, dates, times, prices, percentages and measures in ``text`` as words."""
     if _DIGIT.search(text) is None or not nums.ok:
         return text
-    w = nums.words
-    base = nums.base
-
-    def sub(rx: Any, fn: Callable[[Any], str | None]) -> None:
-        nonlocal text
-        def rep(m: Any) -> str:
-            r = fn(m)
-            return m.group() if r is None else r
-        text = rx.sub(rep, text)
-
-    def money_before(m: Any) -> str | None:
-        amount = nums.parse(m.group(3))
-        if amount is None:
-            return None
-        scale = {"k": 1000, "K": 1000, "m": 10**6, "M": 10**6, "million": 10**6, "bn": 10**9,
-                 "billion": 10**9}.get(m.group(4) or "", 1)
-        amount *= scale
-        if m.group(1):
-            amount = -amount
-        return nums.money(amount, _CURRENCY_SYMBOLS[m.group(2).strip()])
-
-    def money_after(m: Any) -> str | None:
-        amount = nums.parse(m.group(2))
-        if amount is None:
-            return None
-        return nums.money(-amount if m.group(1) else amount, _CURRENCY_SYMBOLS[m.group(3).strip()])
-
-    def percent(m: Any) -> str | None:
-        v = nums.parse(m.group(2))
-        if v is None:
-            return None
-        return f"{nums.cardinal(-v if m.group(1) else v)} {w['percent']}"
-
-    def date(y: int, mo: int, d: int) -> str | None:
-        try:
-            _dt.date(y, mo, d)
-        except ValueError:
-            return None
-        months = _MONTHS.get(base)
-        if months is None:
-            return None
-        month = months[mo - 1]
-        if base == "en":
-            return f"{month} {nums.ordinal(d)}, {nums.year(y)}"
-        if base == "de":
-            return f"{nums.ordinal(d)}r {month} {nums.year(y)}"  # "erster Mai"
-        if base == "fr":
-            day = nums.ordinal(1) if d == 1 else nums.cardinal(d)
-            return f"{day} {month} {nums.year(y)}"
-        if base in ("es", "pt"):
-            return f"{nums.cardinal(d)} de {month} de {nums.year(y)}"
-        if base == "it":
-            return f"{nums.cardinal(d)} {month} {nums.year(y)}"
-        return f"{nums.cardinal(d)} {month} {nums.year(y)}"
-
-    def iso_date(m: Any) -> str | None:
-        return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-
-    def dmy_date(m: Any) -> str | None:
-        a, b, y = int(m.group(1)), int(m.group(3)), int(m.group(4))
-        # English (US) writes month first with a slash; everyone else day first.
-        if base == "en" and m.group(2) == "/":
-            return date(y, a, b)
-        return date(y, b, a)
-
-    def time(m: Any) -> str | None:
-        h, mi = int(m.group(1)), int(m.group(2))
-        if h > 24 or mi > 59:
-            return None
-        ampm = (m.group(4) or "").lower()
-        suffix = ""
-        if ampm:
-            suffix = " " + (w.get("am" if ampm == "a" else "pm") or "")
-        if base == "en":
-            if mi == 0:
-                words = f"{nums.cardinal(h)}" + ("" if ampm else f" {w['oclock']}")
-            elif mi < 10:
-                words = f"{nums.cardinal(h)} {w['oh']} {nums.cardinal(mi)}"
-            else:
-                words = f"{nums.cardinal(h)} {nums.cardinal(mi)}"
-            return (words + suffix).strip()
-        hour_word = w.get("oclock", "")
-        if base == "de":
-            return f"{nums.cardinal(h)} Uhr" + (f" {nums.cardinal(mi)}" if mi else "")
-        if base in ("fr", "pt", "nl"):
-            return f"{nums.cardinal(h)} {hour_word}" + (f" {nums.cardinal(mi)}" if mi else "")
-        if base == "es":
-            return f"{nums.cardinal(h)}" + (f" {w['and']} {nums.cardinal(mi)}" if mi else f" {hour_word}")
-        return f"{nums.cardinal(h)} {nums.cardinal(mi)}" if mi else nums.cardinal(h)
-
-    def time_ampm(m: Any) -> str | None:
-        h = int(m.group(1))
-        if not 1 <= h <= 12:
-            return None
-        return f"{nums.cardinal(h)} " + (w.get("am" if m.group(2).lower() == "a" else "pm") or "")
-
-    def unit(m: Any) -> str | None:
-        v = nums.parse(m.group(2))
-        if v is None:
-            return None
-        if m.group(1):
-            v = -v
-        one, many = _UNITS[base][m.group(3)]
-        return f"{nums.cardinal(v)} {one if v == 1 else many}"
-
-    def ordinal(m: Any) -> str:
-        return nums.ordinal(int(m.group(1)))
-
-    def month_day(m: Any) -> str:
-        return f"{m.group(1)} {nums.ordinal(int(m.group(2)))}"
-
-    def year(m: Any) -> str:
-        return nums.year(int(m.group(1)))
-
-    def number(m: Any) -> str | None:
-        s = m.group(2)
-        if len(s) > 1 and s[0] == "0" and s[1].isdigit():
-            return " ".join(nums.cardinal(int(c)) for c in s if c.isdigit())  # 007, zip codes
-        dots = s.count(".") + s.count(",")
-        v = nums.parse(s)
-        if v is None:
-            if dots >= 2:  # a version: 3.11.2 -> three point eleven point two
-                sep = f" {w['point']} "
-                return sep.join(nums.cardinal(int(p)) for p in regex.split(r"[.,]", s) if p.isdigit())
-            return None
-        if m.group(1):
-            v = -v
-        if abs(v) >= 10**15:
-            return " ".join(nums.cardinal(int(c)) for c in s if c.isdigit())
-        return nums.cardinal(v)
-
-    sub(_MONEY_BEFORE, money_before)
-    sub(_MONEY_AFTER, money_after)
-    sub(_PERCENT, percent)
-    sub(_ISO_DATE, iso_date)
-    sub(_DMY_DATE, dmy_date)
-    sub(_TIME_EN if base == "en" else _TIME, time)
-    if base == "en":
-        sub(_TIME_AMPM, time_ampm)
-        sub(_MONTH_DAY_EN, month_day)
-        sub(_ORDINAL_EN, ordinal)
-        sub(_YEAR, year)
-    elif base == "fr":
-        sub(_ORDINAL_FR, ordinal)
-    if base in _UNITS:
-        sub(_unit_rx(base), unit)
-    sub(_NUMBER, number)
+    for pattern_for, say in _NUMBER_KINDS:
+        rx = pattern_for(nums.base)
+        if rx is not None:
+            text = rx.sub(functools.partial(_said, say, nums), text)
     return text
+
+
+def _said(say: Callable[[Any, _Numbers], str | None], nums: _Numbers, m: Any) -> str:
+    words = say(m, nums)
+    return m.group() if words is None else words
 
 
 def speakable(text: str, lang: str | None = "en", *, url_text: str | None = None,

@@ -304,8 +304,7 @@ def start_turn(trace: Any, agent: Any = None) -> TurnSpan | None:
 def start_soon_in(ts: TurnSpan, start_soon: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> None:
     """``start_soon(fn, *args)`` with the turn span current in the new task (a task copies
     the context it was started in); the caller's own context is left as it was."""
-    from opentelemetry import context
-    from opentelemetry import trace as api
+    from opentelemetry import context, trace as api
 
     token = context.attach(api.set_span_in_context(ts.span))
     try:
@@ -326,48 +325,67 @@ def end_turn(ts: TurnSpan, trace: Any, turn: Any = None, agent: Any = None,
 
 
 def _write(ts: TurnSpan, trace: Any, turn: Any, agent: Any, redact: list[Callable[[str], str]]) -> None:
-    from opentelemetry import trace as api
-    from opentelemetry.trace import Status, StatusCode
+    end_s = trace.timings.get("end", monotonic() - trace.started)
+    if ts.span.is_recording():  # else sampled out: nothing to describe
+        w = _TurnWriter(ts, trace, redact, end_s)
+        w.turn_facts(turn)
+        w.asr(turn, agent)
+        w.thinker_rounds(agent)
+        w.tool_calls()
+        w.interventions(w.synthesis())
+        w.holds()
+    ts.span.end(end_time=ts.ns(end_s))
 
-    span, tracer = ts.span, ts.tracer
-    keep = trace.keep_originals
-    timings = trace.timings
-    end_s = timings.get("end", monotonic() - trace.started)
-    if not span.is_recording():  # sampled out: nothing to describe
-        span.end(end_time=ts.ns(end_s))
-        return
-    parent = api.set_span_in_context(span)
 
-    def child(name: str, ctx: Any, start: float, end: float, attrs: dict[str, Any],
+class _TurnWriter:
+    """Writes the stage spans of one finished turn under its (recording) turn span, one
+    method per stage, from what the trace measured."""
+
+    def __init__(self, ts: TurnSpan, trace: Any, redact: list[Callable[[str], str]], end_s: float):
+        from opentelemetry import trace as api
+        from opentelemetry.trace import Status, StatusCode
+
+        self._api, self._status, self._error = api, Status, StatusCode.ERROR
+        self.ts, self.span, self.trace, self.redact, self.end_s = ts, ts.span, trace, redact, end_s
+        self.keep = trace.keep_originals
+        self.timings = trace.timings
+        self.parent = api.set_span_in_context(ts.span)
+        self.rounds: list[tuple[float, Any, float]] = []  # (start, context, end) of each round
+
+    def child(self, name: str, ctx: Any, start: float, end: float, attrs: dict[str, Any],
               error: str | None = None) -> Any:
-        s = tracer.start_span(name, context=ctx, start_time=ts.ns(start),
-                              attributes={k: v for k, v in attrs.items() if v is not None})
+        """A finished span under ``ctx``; its context (to put spans under it)."""
+        s = self.ts.tracer.start_span(name, context=ctx, start_time=self.ts.ns(start),
+                                      attributes={k: v for k, v in attrs.items() if v is not None})
         if error is not None:
-            s.set_status(Status(StatusCode.ERROR, error))
-        s.end(end_time=ts.ns(max(start, end)))
-        return s
+            s.set_status(self._status(self._error, error))
+        s.end(end_time=self.ts.ns(max(start, end)))
+        return self._api.set_span_in_context(s)
 
-    # -- the turn's own facts
-    for name, value in timings.items():
-        span.set_attribute(f"omni_agent.timing.{name}_s", round(value, 6))
-    for name, value in trace.holds.items():
-        span.set_attribute(f"omni_agent.held.{name}_s", round(value, 6))
-    span.set_attribute("omni_agent.turn.interrupted", "interrupted" in timings)
-    span.set_attribute("omni_agent.turn.rounds", len(trace.rounds))
-    span.set_attribute("omni_agent.turn.tool_calls", len(trace.tool_calls))
-    span.set_attribute("omni_agent.turn.interventions", len(trace.interventions))
-    spoken = trace.spoken_text
-    if spoken:
-        span.set_attribute("omni_agent.turn.spoken", spoken)
-    if keep and turn is not None and turn.text:
-        span.set_attribute("omni_agent.turn.input", turn.text)  # the user's words: originals
-    for e in trace.errors:
-        span.add_event("error", {"omni_agent.stage": e["stage"], "omni_agent.message": e["message"]})
-    if trace.errors:
-        span.set_status(Status(StatusCode.ERROR, trace.errors[0]["message"][:200]))
+    def turn_facts(self, turn: Any) -> None:
+        span, trace, timings = self.span, self.trace, self.timings
+        for name, value in timings.items():
+            span.set_attribute(f"omni_agent.timing.{name}_s", round(value, 6))
+        for name, value in trace.holds.items():
+            span.set_attribute(f"omni_agent.held.{name}_s", round(value, 6))
+        span.set_attribute("omni_agent.turn.interrupted", "interrupted" in timings)
+        span.set_attribute("omni_agent.turn.rounds", len(trace.rounds))
+        span.set_attribute("omni_agent.turn.tool_calls", len(trace.tool_calls))
+        span.set_attribute("omni_agent.turn.interventions", len(trace.interventions))
+        spoken = trace.spoken_text
+        if spoken:
+            span.set_attribute("omni_agent.turn.spoken", spoken)
+        if self.keep and turn is not None and turn.text:
+            span.set_attribute("omni_agent.turn.input", turn.text)  # the user's words: originals
+        for e in trace.errors:
+            span.add_event("error", {"omni_agent.stage": e["stage"], "omni_agent.message": e["message"]})
+        if trace.errors:
+            span.set_status(self._status(self._error, trace.errors[0]["message"][:200]))
 
-    # -- ASR
-    if "asr" in timings:
+    def asr(self, turn: Any, agent: Any) -> None:
+        timings = self.timings
+        if "asr" not in timings:
+            return
         start = timings.get("asr_start", 0.0)
         attrs: dict[str, Any] = {"omni_agent.ears": type(agent.ears).__name__ if agent is not None else None}
         if turn is not None:
@@ -376,99 +394,103 @@ def _write(ts: TurnSpan, trace: Any, turn: Any, agent: Any, redact: list[Callabl
             audio = [p for p in turn.parts if isinstance(p, AudioPart)]
             secs = sum(len(p.pcm) / 2 / p.sample_rate for p in audio if p.pcm and p.sample_rate)
             attrs["omni_agent.asr.audio_s"] = round(secs, 3)
-            if keep:
+            if self.keep:
                 attrs["omni_agent.asr.transcript"] = " ".join(p.transcript for p in audio if p.transcript)
-        child("asr", parent, start, start + timings["asr"], attrs)
+        self.child("asr", self.parent, start, start + timings["asr"], attrs)
 
-    # -- Thinker rounds
-    thinker = agent.thinker if agent is not None else None
-    model = getattr(thinker, "model", None)
-    rounds: list[tuple[float, Any, float]] = []  # (start, context, end) of each round
-    for r in trace.rounds:
-        start, end = r.get("start"), r.get("end")
-        if start is None or end is None:
-            continue
-        attrs = {"omni_agent.round": r["round"], "gen_ai.operation.name": "chat",
-                 "gen_ai.system": getattr(thinker, "name", None),
-                 "gen_ai.request.model": model if isinstance(model, str) else None,
-                 "gen_ai.response.finish_reasons": [r["finish_reason"]] if r.get("finish_reason") else None,
-                 "gen_ai.usage.input_tokens": r.get("prompt_tokens"),
-                 "gen_ai.usage.output_tokens": r.get("completion_tokens")}
-        if r["round"] == 0 and "thinker_first_token" in timings:
-            attrs["omni_agent.time_to_first_token_s"] = round(timings["thinker_first_token"] - start, 6)
-        s = child("thinker.round", parent, start, end, attrs)
-        rounds.append((start, api.set_span_in_context(s), end))
+    def thinker_rounds(self, agent: Any) -> None:
+        thinker = agent.thinker if agent is not None else None
+        model = getattr(thinker, "model", None)
+        for r in self.trace.rounds:
+            start, end = r.get("start"), r.get("end")
+            if start is None or end is None:
+                continue
+            attrs = {"omni_agent.round": r["round"], "gen_ai.operation.name": "chat",
+                     "gen_ai.system": getattr(thinker, "name", None),
+                     "gen_ai.request.model": model if isinstance(model, str) else None,
+                     "gen_ai.response.finish_reasons": [r["finish_reason"]] if r.get("finish_reason") else None,
+                     "gen_ai.usage.input_tokens": r.get("prompt_tokens"),
+                     "gen_ai.usage.output_tokens": r.get("completion_tokens")}
+            if r["round"] == 0 and "thinker_first_token" in self.timings:
+                attrs["omni_agent.time_to_first_token_s"] = round(self.timings["thinker_first_token"] - start, 6)
+            self.rounds.append((start, self.child("thinker.round", self.parent, start, end, attrs), end))
 
-    def round_at(t: float) -> Any:
+    def round_at(self, t: float) -> Any:
         """The context of the latest round started by ``t`` (the turn's before any)."""
-        found = parent
-        for start, ctx, _ in rounds:
+        found = self.parent
+        for start, ctx, _ in self.rounds:
             if start <= t:
                 found = ctx
         return found
 
-    # -- tool calls: under the round that asked for them (tool round k follows Thinker
-    # round k-1); they start when that round's stream ended and last what the tool took.
-    for tc in trace.tool_calls:
-        k = tc.get("round", 1) - 1
-        ctx, start = parent, None
-        if 0 <= k < len(rounds):
-            _, ctx, start = rounds[k]  # the round's end
-        if start is None:
-            start = end_s - tc.get("seconds", 0.0)
-        args, result = tc.get("arguments"), tc.get("result")
-        if not keep or redact:
-            args, result = _redact(redact, args), _redact(redact, result)
-        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tc.get("name"),
-                 "gen_ai.tool.call.id": tc.get("id"), "omni_agent.tool.status": tc.get("status"),
-                 "omni_agent.tool.arguments": args if isinstance(args, str) else None,
-                 "omni_agent.tool.result": result if isinstance(result, str) else None}
-        child(f"execute_tool {tc.get('name')}", ctx, start, start + tc.get("seconds", 0.0), attrs,
-              error=(result[:200] if isinstance(result, str) else "error") if tc.get("is_error") else None)
+    def tool_calls(self) -> None:
+        # Under the round that asked for them (tool round k follows Thinker round k-1);
+        # they start when that round's stream ended and last what the tool took.
+        for tc in self.trace.tool_calls:
+            k = tc.get("round", 1) - 1
+            ctx, start = self.parent, None
+            if 0 <= k < len(self.rounds):
+                _, ctx, start = self.rounds[k]  # the round's end
+            if start is None:
+                start = self.end_s - tc.get("seconds", 0.0)
+            args, result = tc.get("arguments"), tc.get("result")
+            if not self.keep or self.redact:
+                args, result = _redact(self.redact, args), _redact(self.redact, result)
+            attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tc.get("name"),
+                     "gen_ai.tool.call.id": tc.get("id"), "omni_agent.tool.status": tc.get("status"),
+                     "omni_agent.tool.arguments": args if isinstance(args, str) else None,
+                     "omni_agent.tool.result": result if isinstance(result, str) else None}
+            error = (result[:200] if isinstance(result, str) else "error") if tc.get("is_error") else None
+            self.child(f"execute_tool {tc.get('name')}", ctx, start, start + tc.get("seconds", 0.0),
+                       attrs, error=error)
 
-    # -- synthesis, one span per utterance the Talker took
-    synth: list[tuple[float, float, Any]] = []
-    for seg in trace.segments:
-        if seg.started is None:
-            continue
-        ended = seg.ended if seg.ended is not None else end_s
-        attrs = {"omni_agent.utterance.index": seg.index, "omni_agent.utterance.status": seg.status,
-                 "omni_agent.utterance.fallback": seg.fallback,
-                 "omni_agent.utterance.delivered": seg.delivered,
-                 "omni_agent.utterance.spoken": seg.spoken,
-                 "omni_agent.utterance.display": seg.display,
-                 # None with keep_originals=False: the trace did not keep it
-                 "omni_agent.utterance.original": seg.original if keep else None}
-        s = child("synthesis", parent, seg.started, ended, attrs,
-                  error="the Talker failed" if seg.status == "failed" else None)
-        synth.append((seg.started, ended, api.set_span_in_context(s)))
+    def synthesis(self) -> list[tuple[float, float, Any]]:
+        """One span per utterance the Talker took; their (start, end, context)."""
+        synth: list[tuple[float, float, Any]] = []
+        for seg in self.trace.segments:
+            if seg.started is None:
+                continue
+            ended = seg.ended if seg.ended is not None else self.end_s
+            attrs = {"omni_agent.utterance.index": seg.index, "omni_agent.utterance.status": seg.status,
+                     "omni_agent.utterance.fallback": seg.fallback,
+                     "omni_agent.utterance.delivered": seg.delivered,
+                     "omni_agent.utterance.spoken": seg.spoken,
+                     "omni_agent.utterance.display": seg.display,
+                     # None with keep_originals=False: the trace did not keep it
+                     "omni_agent.utterance.original": seg.original if self.keep else None}
+            ctx = self.child("synthesis", self.parent, seg.started, ended, attrs,
+                             error="the Talker failed" if seg.status == "failed" else None)
+            synth.append((seg.started, ended, ctx))
+        return synth
 
-    # -- middleware changes, under the stage where they happened
-    for iv in trace.interventions:
-        at = iv.ts - trace.started
-        if iv.point == "input":
-            ctx = parent
-        elif iv.point == "audio":
-            ctx = next((c for a, b, c in synth if a <= at <= b), parent)
-        else:  # event, stream, utterance: while a Thinker round streamed
-            ctx = round_at(at)
-        attrs = {"omni_agent.middleware": iv.middleware, "omni_agent.middleware.point": iv.point,
-                 "omni_agent.middleware.action": iv.action,
-                 "omni_agent.middleware.reason": iv.reason or None,
-                 # ``before`` is None already when keep_originals is off (Trace.record)
-                 "omni_agent.middleware.before": iv.before if keep else None,
-                 "omni_agent.middleware.after": iv.after}
-        failed = iv.action in ("error", "timeout")
-        child(f"middleware {iv.middleware}", ctx, at, at, attrs,
-              error=iv.reason[:200] if failed else None)
-    # holds: one span per middleware that held text back, as long as all its holds together
-    first = rounds[0][0] if rounds else 0.0
-    for label, held in trace.holds.items():
-        child(f"middleware {label}", rounds[0][1] if rounds else parent, first, first + held,
-              {"omni_agent.middleware": label, "omni_agent.middleware.action": "hold",
-               "omni_agent.middleware.held_s": round(held, 6)})
+    def interventions(self, synth: list[tuple[float, float, Any]]) -> None:
+        """Middleware changes, under the stage where they happened."""
+        for iv in self.trace.interventions:
+            at = iv.ts - self.trace.started
+            if iv.point == "input":
+                ctx = self.parent
+            elif iv.point == "audio":
+                ctx = next((c for a, b, c in synth if a <= at <= b), self.parent)
+            else:  # event, stream, utterance: while a Thinker round streamed
+                ctx = self.round_at(at)
+            attrs = {"omni_agent.middleware": iv.middleware, "omni_agent.middleware.point": iv.point,
+                     "omni_agent.middleware.action": iv.action,
+                     "omni_agent.middleware.reason": iv.reason or None,
+                     # ``before`` is None already when keep_originals is off (Trace.record)
+                     "omni_agent.middleware.before": iv.before if self.keep else None,
+                     "omni_agent.middleware.after": iv.after}
+            failed = iv.action in ("error", "timeout")
+            self.child(f"middleware {iv.middleware}", ctx, at, at, attrs,
+                       error=iv.reason[:200] if failed else None)
 
-    span.end(end_time=ts.ns(end_s))
+    def holds(self) -> None:
+        """One span per middleware that held text back, as long as all its holds together."""
+        first = self.rounds[0][0] if self.rounds else 0.0
+        ctx = self.rounds[0][1] if self.rounds else self.parent
+        for label, held in self.trace.holds.items():
+            self.child(f"middleware {label}", ctx, first, first + held,
+                       {"omni_agent.middleware": label, "omni_agent.middleware.action": "hold",
+                        "omni_agent.middleware.held_s": round(held, 6)})
 
 
 def _redact(fns: list[Callable[[str], str]], text: Any) -> Any:

@@ -102,10 +102,44 @@ def test_labels_follow_the_language_and_can_be_set():
     ({"action": "shred"}, "shred"),
     ({"actions": {"card": "burn"}}, "actions.card"),
     ({"actions": {"cards": "block"}}, "actions.cards"),
+    ({"phone_regions": ["GB", "XX"]}, "XX"),
 ])
 def test_bad_options_fail_with_a_config_error_naming_them(kwargs, msg):
     with pytest.raises(ConfigError, match=msg):
         PIIRedactor(**kwargs)
+
+
+def test_an_international_number_shaped_like_an_ssn_inside_is_one_phone():
+    assert found("Call +591 800 17 1234 now.") == [("phone", "+591 800 17 1234")]
+
+
+@pytest.mark.parametrize("text, regions, value", [
+    ("Call 20 12 34 tomorrow.", ["FO"], "20 12 34"),             # six digits: the Faroe Islands
+    ("Call me on 21 234.", ["CK"], "21 234"),                     # five: the Cook Islands
+    ("The office is 800 123 456, ask for Sam.", ["IT"], "800 123 456"),  # not 800 million
+    ("Our desk is 1700 1234 until six.", ["BH"], "1700 1234"),    # not a year range
+])
+def test_phone_regions_add_their_numbering_plans_where_the_rules_cannot_tell(text, regions, value):
+    assert value in PIIRedactor().scrub(text)[0]
+    assert PIIRedactor(phone_regions=regions).scrub(text)[0] == text.replace(value, "[phone number]")
+
+
+@pytest.mark.parametrize("text", [
+    "The meeting was on 01.05.2024 in Rome.",   # a date stays a date
+    "Version 10.0.19041.1 is installed.",
+    "Order number 800 123 456 has shipped.",     # said to be something else
+    "It weighs 3.14159265 kg.",
+])
+def test_phone_regions_do_not_make_dates_versions_or_order_numbers_phones(text):
+    assert PIIRedactor(phone_regions=["IT", "DE", "US"]).scrub(text)[0] == text
+
+
+def test_a_number_only_a_phone_region_knows_is_caught_across_stream_chunks():
+    agent = Agent(thinker=ScriptedThinker([["Call 20 1", "2 3", "4 tomorrow."]]),
+                  middleware=[PIIRedactor(display=True, phone_regions=["FO"])], display="stream")
+    r = agent.ask("number?")
+    deltas = "".join(e.text for e in r.events if isinstance(e, TextDelta))
+    assert deltas == "Call [phone number] tomorrow." and r.text == deltas
 
 
 def test_only_chosen_kinds_are_redacted():

@@ -85,6 +85,93 @@ def test_sphinx_style_docstring_gives_descriptions():
     assert desc == "Book a table." and args == {"people": "How many guests.", "time": "When, like 19:30."}
 
 
+def test_a_function_without_a_docstring_has_an_empty_description_and_no_argument_texts():
+    def f(city: str, days: int = 1):
+        pass
+
+    fs = function_schema(f)
+    assert fs.description == ""
+    assert fs.parameters["properties"] == {"city": {"type": "string"},
+                                           "days": {"default": 1, "type": "integer"}}
+    assert parse_docstring(None) == ("", {}) and parse_docstring("   ") == ("", {})
+
+
+def test_a_docstring_without_sections_is_all_description_with_paragraphs_kept():
+    assert parse_docstring("""Look it up.
+
+    In the index,
+    then online.
+    """) == ("Look it up.\n\nIn the index, then online.", {})
+
+
+def test_google_keyword_args_describe_arguments_too_and_text_after_sections_is_not_description():
+    def f(query: str, limit: int = 5):
+        """Search the notes.
+
+        Args:
+            query: Words to look for.
+
+        Keyword Args:
+            limit (int, optional): At most this many
+                results.
+
+        Returns:
+            The matching notes.
+
+        Notes after the sections are not the tool's description.
+        """
+
+    fs = function_schema(f)
+    assert fs.description == "Search the notes."
+    props = fs.parameters["properties"]
+    assert props["query"]["description"] == "Words to look for."
+    assert props["limit"]["description"] == "At most this many results."
+
+
+def test_numpy_other_parameters_describe_arguments_of_a_tool():
+    def f(amount: float, rounding: int = 2):
+        """Convert money.
+
+        Parameters
+        ----------
+        amount : float
+            How much,
+            in dollars.
+
+        Other Parameters
+        ----------------
+        rounding : int
+            Decimal places.
+        """
+
+    props = function_schema(f).parameters["properties"]
+    assert props["amount"]["description"] == "How much, in dollars."
+    assert props["rounding"]["description"] == "Decimal places."
+
+
+def test_sphinx_fields_on_the_last_line_and_wrapped_give_descriptions():
+    def f(host: str, port: int = 80):
+        """Ping a host.
+
+        :param host: Name or
+            address.
+        :type host: str
+        :param int port: The port."""
+
+    fs = function_schema(f)
+    assert fs.description == "Ping a host."
+    assert fs.parameters["properties"]["host"]["description"] == "Name or address."
+    assert fs.parameters["properties"]["port"]["description"] == "The port."
+
+
+def test_sphinx_roles_in_the_description_are_kept_as_text():
+    desc, args = parse_docstring("""Call the tool with checked arguments (from
+    :meth:`parse_arguments`); returns the result as text.
+    """)
+    assert desc == "Call the tool with checked arguments (from :meth:`parse_arguments`); returns the result as text."
+    assert args == {}
+
+
 def test_a_pydantic_model_argument_is_described_and_validated_into_the_model():
     class Address(BaseModel):
         street: str

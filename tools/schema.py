@@ -2,9 +2,10 @@
 
 pydantic does the real work (``create_model`` builds an argument model from the signature,
 ``model_json_schema`` turns it into JSON schema, and the same model validates the
-Thinker's arguments before the call). This module only adds what pydantic does not do:
-reading per-argument descriptions out of Google, NumPy or Sphinx style docstrings, and
-trimming the schema of noise a language model would have to read (titles).
+Thinker's arguments before the call). griffe (the docstring parser of mkdocstrings)
+reads the per-argument descriptions out of Google, NumPy or Sphinx style docstrings. This
+module only joins the two and trims the schema of noise a language model would have to
+read (titles).
 
 >>> def weather(city: str, days: int = 1) -> str:
 ...     '''Weather forecast.
@@ -21,11 +22,13 @@ trimming the schema of noise a language model would have to read (titles).
 from __future__ import annotations
 
 import inspect
+import itertools
 import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import griffe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from omni_agent.errors import ToolError
@@ -35,13 +38,13 @@ __all__ = ["FunctionSchema", "function_schema", "parse_docstring", "clean_schema
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-# Section headers of Google-style docstrings (the ones that end an "Args:" block too).
-_GOOGLE_ARGS = {"args", "arguments", "parameters", "params", "keyword args", "keyword arguments",
-                "other parameters"}
-_GOOGLE_OTHER = {"returns", "return", "yields", "yield", "raises", "raise", "examples", "example",
-                 "note", "notes", "see also", "warning", "warnings", "attributes", "references",
-                 "todo"}
-_NUMPY_ARGS = {"parameters", "other parameters", "keyword arguments"}
+_TEXT = griffe.DocstringSectionKind.text
+# "Keyword Args:" (Google) and "Other Parameters" (NumPy) describe arguments too.
+_PARAMETERS = (griffe.DocstringSectionKind.parameters, griffe.DocstringSectionKind.other_parameters)
+# griffe logs what it finds odd (a ":param x:" with no function to match it against, a
+# missing type); a tool's docstring owes it neither, so parse without warnings.
+_QUIET: dict[str, dict[str, bool]] = {style: {"warnings": False}
+                                     for style in ("google", "numpy", "sphinx")}
 
 
 @dataclass
@@ -63,126 +66,37 @@ class FunctionSchema:
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     """Split a docstring into (description, {argument: description}).
 
-    Understands Google style (``Args:`` then ``name (type): text``), NumPy style
-    (``Parameters`` underlined with dashes, then ``name : type`` and indented text) and
-    Sphinx style (``:param name: text``). Continuation lines are joined with spaces. The
-    description is the text before the first section, paragraphs kept.
+    griffe reads the docstring and infers its style: Google (``Args:`` then
+    ``name (type): text``), NumPy (``Parameters`` underlined with dashes, then
+    ``name : type`` and indented text) or Sphinx (``:param name: text``). Wrapped lines are
+    joined with spaces. The description is the text before the first section, its
+    paragraphs kept; a docstring with no sections is all description.
+
+    >>> parse_docstring(":param city: The city.")
+    ('', {'city': 'The city.'})
     """
-    if not doc:
+    if not doc or not doc.strip():
         return "", {}
-    lines = inspect.cleandoc(doc).splitlines()
-    args: dict[str, str] = {}
-    desc_lines: list[str] = []
-    i, n = 0, len(lines)
-    in_desc = True
-    while i < n:
-        line = lines[i]
-        stripped = line.strip()
-        low = stripped.rstrip(":").lower()
-        # NumPy section: a header line followed by a line of dashes.
-        if i + 1 < n and stripped and re.fullmatch(r"-{3,}", lines[i + 1].strip()):
-            in_desc = False
-            i += 2
-            if low in _NUMPY_ARGS:
-                i = _numpy_args(lines, i, args)
-            else:
-                while i < n and not (i + 1 < n and lines[i].strip()
-                                     and re.fullmatch(r"-{3,}", lines[i + 1].strip())):
-                    i += 1
-            continue
-        # Google section: "Args:" alone on a line.
-        if stripped.endswith(":") and (low in _GOOGLE_ARGS or low in _GOOGLE_OTHER):
-            in_desc = False
-            indent = len(line) - len(line.lstrip())
-            i += 1
-            if low in _GOOGLE_ARGS:
-                i = _google_args(lines, i, indent, args)
-            else:
-                while i < n and (not lines[i].strip()
-                                 or len(lines[i]) - len(lines[i].lstrip()) > indent):
-                    i += 1
-            continue
-        # Sphinx fields.
-        m = re.match(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$", stripped)
-        if m:
-            in_desc = False
-            text = [m.group(2).strip()]
-            i += 1
-            while i < n and lines[i].strip() and not lines[i].strip().startswith(":"):
-                text.append(lines[i].strip())
-                i += 1
-            args[m.group(1)] = " ".join(t for t in text if t)
-            continue
-        if stripped.startswith(":"):  # :returns:, :raises: ... end the description
-            in_desc = False
-        elif in_desc:
-            desc_lines.append(line)
-        i += 1
-    return _paragraphs(desc_lines), args
+    # "max_sections": parse with each style and keep the one that found the most sections.
+    # (griffe's faster regex guess misses a section on the last line of a docstring.)
+    sections = griffe.parse_auto(griffe.Docstring(inspect.cleandoc(doc), lineno=1),
+                                 method="max_sections", per_style_options=_QUIET)
+    # The description is the text before the first section; later text (after "Returns:",
+    # say) is about something else.
+    desc = [section.value for section in itertools.takewhile(lambda sec: sec.kind is _TEXT,
+                                                             sections)]
+    args = {param.name.lstrip("*"): _one_line(param.description)
+            for section in sections if section.kind in _PARAMETERS for param in section.value}
+    return _paragraphs("\n\n".join(desc)), args
 
 
-def _google_args(lines: list[str], i: int, header_indent: int, out: dict[str, str]) -> int:
-    n = len(lines)
-    entry_indent: int | None = None
-    current: str | None = None
-    while i < n:
-        line = lines[i]
-        if not line.strip():
-            i += 1
-            continue
-        indent = len(line) - len(line.lstrip())
-        if indent <= header_indent:
-            break
-        if entry_indent is None:
-            entry_indent = indent
-        if indent == entry_indent:
-            m = re.match(r"^\s*\*{0,2}(\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$", line)
-            if m:
-                current = m.group(1)
-                out[current] = m.group(3).strip()
-            else:
-                current = None
-        elif current is not None:
-            out[current] = (out[current] + " " + line.strip()).strip()
-        i += 1
-    return i
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _numpy_args(lines: list[str], i: int, out: dict[str, str]) -> int:
-    n = len(lines)
-    current: str | None = None
-    while i < n:
-        line = lines[i]
-        if i + 1 < n and line.strip() and re.fullmatch(r"-{3,}", lines[i + 1].strip()):
-            break  # the next section
-        if not line.strip():
-            i += 1
-            continue
-        if not line.startswith((" ", "\t")):
-            names = line.split(":", 1)[0]
-            # "x, y : int" documents two parameters at once.
-            current_names = [s.strip().lstrip("*") for s in names.split(",") if s.strip()]
-            for nm in current_names:
-                out[nm] = ""
-            current = ",".join(current_names)
-        elif current is not None:
-            for nm in current.split(","):
-                out[nm] = (out[nm] + " " + line.strip()).strip()
-        i += 1
-    return i
-
-
-def _paragraphs(lines: list[str]) -> str:
-    paras, cur = [], []
-    for line in lines:
-        if line.strip():
-            cur.append(line.strip())
-        elif cur:
-            paras.append(" ".join(cur))
-            cur = []
-    if cur:
-        paras.append(" ".join(cur))
-    return "\n\n".join(paras)
+def _paragraphs(text: str) -> str:
+    """Paragraphs kept, the lines inside each joined with single spaces."""
+    return "\n\n".join(p for p in map(_one_line, re.split(r"\n\s*\n", text)) if p)
 
 
 # ---------------------------------------------------------------------------- schemas
