@@ -326,7 +326,7 @@ class _Draft:
 class _Listen:
     """One stretch of user speech being listened to, from its start to the end of turn."""
 
-    __slots__ = ("ears", "lock", "gen", "interim", "p_end", "wait_ms", "detector", "draft",
+    __slots__ = ("ears", "lock", "gen", "interim", "p_end", "wait_ms", "detector", "model", "draft",
                  "asr_s", "t_final")
 
     def __init__(self, ears: Any):
@@ -337,12 +337,13 @@ class _Listen:
         self.p_end: float | None = None
         self.wait_ms: float | None = None
         self.detector = "silence"
+        self.model: str | None = None  # the turn detector that judged it
         self.draft: _Draft | None = None
         self.asr_s = 0.0  # transcription time spent after the end of speech
         self.t_final: float | None = None
 
     def decision(self) -> dict[str, Any]:
-        return {"detector": self.detector,
+        return {"detector": self.detector, "model": self.model,
                 "p_end": None if self.p_end is None else round(self.p_end, 3),
                 "wait_ms": None if self.wait_ms is None else round(self.wait_ms, 1)}
 
@@ -615,12 +616,20 @@ class LiveSession:
         over and, when it looks over, start a draft of the agent's turn."""
         try:
             text = await self._transcribe_pending(listen)
-            if listen.gen != gen or self._listen is not listen or not text:
-                return
-            if text != listen.interim:
+            if self._listen is not listen:
+                return  # the turn ended meanwhile: its final transcript says it all
+            if text and text != listen.interim:
                 listen.interim = text
                 await self._outbox.put({"type": "transcript", "text": text, "final": False,
                                         "turn_id": None})
+            if listen.gen != gen:
+                return  # the user went on speaking: judged at the next pause
+            if not text:
+                # Too short to transcribe alone (it is merged with what follows): nothing
+                # to judge yet, so the plain silence rule ends a short "yes" at once.
+                assert self._ep is not None
+                self._ep.end_silence_ms = self.config.end_silence_ms
+                return
             if not self._judges():
                 return
             p = await self._end_probability(text)
@@ -628,6 +637,7 @@ class LiveSession:
                 return
             wait = self._wait_for(p)
             listen.p_end, listen.wait_ms, listen.detector = p, wait, "semantic"
+            listen.model = getattr(self.turn_detector, "name", type(self.turn_detector).__name__)
             ep = self._ep
             assert ep is not None
             ep.end_silence_ms = wait
@@ -717,7 +727,8 @@ class LiveSession:
         self._gap = []
         times = _TurnTimes(self._t_voiced, self.speech_end_ms)
         decision = listen.decision() if listen is not None else {"detector": detector}
-        if detector != "semantic":
+        if detector == "push" or decision["detector"] != "semantic":
+            # Ended by the client, or by silence with no judgement in force.
             decision["detector"] = detector
             if detector == "silence":
                 decision["wait_ms"] = ep.end_silence_ms
