@@ -123,6 +123,17 @@ def test_a_second_response_while_one_is_active_is_refused():
     assert err["code"] == "conversation_already_has_active_response"
 
 
+def test_semantic_vad_turns_the_semantic_end_of_turn_on_and_server_vad_off():
+    proto = RealtimeProtocol(dialect="ga", live=LiveConfig(semantic_turn=False))
+    got = send(proto, type="session.update", session={
+        "type": "realtime", "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}})
+    assert got.commands == [Configure({"semantic_turn": True})]
+    assert got.events[0]["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    got = send(proto, type="session.update", session={
+        "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad"}}}})
+    assert got.commands == [Configure({"semantic_turn": False})] and not proto.live.semantic_turn
+
+
 def test_with_server_vad_audio_feeds_the_live_session_and_commit_ends_the_turn():
     proto = RealtimeProtocol(dialect="ga")
     (feed,) = send(proto, type="input_audio_buffer.append", audio=b64(tone(0.3))).commands
@@ -145,7 +156,10 @@ def test_session_update_in_the_ga_shape_sets_turn_detection():
     assert updated["type"] == "session.updated"
     assert s["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 300
     assert s["audio"]["output"]["voice"] == "marin" and s["instructions"] == "Be brief."
-    assert got.commands == [Configure({"end_silence_ms": 300}), Instruct("Be brief.")]
+    assert s["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    # server_vad is OpenAI's silence rule: the live session's semantic end of turn goes off.
+    assert got.commands == [Configure({"semantic_turn": False, "end_silence_ms": 300}),
+                            Instruct("Be brief.")]
     got = send(proto, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
     assert got.events[0]["session"]["audio"]["input"]["turn_detection"] is None
     assert isinstance(got.commands[0], DropSpeech) and not proto.vad

@@ -204,7 +204,8 @@ class AudioFormatIn(BaseModel):
 
 
 class TurnDetectionIn(BaseModel):
-    """``server_vad`` (``semantic_vad`` is taken as server VAD)."""
+    """``server_vad`` (silence ends the turn) or ``semantic_vad`` (the live session's
+    semantic end of turn: a complete sentence ends it sooner, an unfinished one waits)."""
 
     model_config = _Loose
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
@@ -363,7 +364,7 @@ class ErrorOut(BaseModel):
 
 
 class TurnDetectionOut(BaseModel):
-    type: Literal["server_vad"] = "server_vad"
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
     threshold: float
     prefix_padding_ms: int
     silence_duration_ms: int
@@ -516,7 +517,8 @@ class RealtimeProtocol:
 
     @staticmethod
     def _vad_out(cfg: LiveConfig) -> TurnDetectionOut:
-        return TurnDetectionOut(threshold=cfg.threshold, prefix_padding_ms=cfg.pre_roll_ms,
+        return TurnDetectionOut(type="semantic_vad" if cfg.semantic_turn else "server_vad",
+                                threshold=cfg.threshold, prefix_padding_ms=cfg.pre_roll_ms,
                                 silence_duration_ms=cfg.end_silence_ms, interrupt_response=cfg.barge_in)
 
     def _item_obj(self, item: _Item) -> dict[str, Any]:
@@ -694,6 +696,10 @@ class RealtimeProtocol:
                            "(turn_detection: null) lets you commit and respond yourself",
                            param="session.audio.input.turn_detection.create_response")
         changes: dict[str, Any] = {}
+        if "type" in td.model_fields_set or td.type == "semantic_vad":
+            semantic = td.type == "semantic_vad"
+            if semantic != self.live.semantic_turn:
+                changes["semantic_turn"] = semantic
         if td.threshold is not None:
             changes["threshold"] = td.threshold
         if td.prefix_padding_ms is not None:
