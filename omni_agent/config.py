@@ -36,14 +36,16 @@ and docs/security.md.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .agent import Agent
 from .errors import ConfigError
 from .registry import (MIDDLEWARE, TALKERS, THINKERS, TOOLS, ImportPolicy, current_import_policy,
                        import_policy, parse_allow_list, resolve)
@@ -64,21 +66,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _default_of(owner: Callable[..., Any], name: str) -> dict[str, Any]:
+    """The default ``owner`` itself gives ``name`` (a dataclass field's, or a keyword's of
+    its signature), as keywords for :func:`pydantic.Field`. A section states types and
+    limits, never defaults: those stay with what is built, so each is written once."""
+    if dataclasses.is_dataclass(owner):
+        f = next(f for f in dataclasses.fields(owner) if f.name == name)
+        if f.default_factory is not dataclasses.MISSING:
+            return {"default_factory": f.default_factory}
+        return {"default": f.default}
+    default = inspect.signature(owner).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{owner.__name__}() gives {name} no default")
+    return {"default": default}
+
+
 class AgentSection(_Strict):
-    system_prompt: str | None = None
-    fallback: str | None = "Sorry, I can't say that."
-    keep_originals: bool = True
-    display: str = "auto"
-    lang: str | None = None
-    max_rounds: int = Field(6, ge=1)
+    """``[agent]``: keywords of :class:`~omni_agent.agent.Agent`, with its defaults."""
+
+    system_prompt: str | None = Field(**_default_of(Agent, "system_prompt"))
+    fallback: str | None = Field(**_default_of(Agent, "fallback"))
+    keep_originals: bool = Field(**_default_of(Agent, "keep_originals"))
+    display: str = Field(**_default_of(Agent, "display"))
+    lang: str | None = Field(**_default_of(Agent, "lang"))
+    max_rounds: int = Field(**_default_of(Agent, "max_rounds"), ge=1)
 
 
 class GenerationSection(_Strict):
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: list[str] = []
-    seed: int | None = None
+    """``[generation]``: :class:`~omni_agent.thinker.GenerationSettings`, with its defaults."""
+
+    max_tokens: int = Field(**_default_of(GenerationSettings, "max_tokens"), ge=1)
+    temperature: float = Field(**_default_of(GenerationSettings, "temperature"), ge=0)
+    top_p: float = Field(**_default_of(GenerationSettings, "top_p"), gt=0, le=1)
+    stop: list[str] = Field(**_default_of(GenerationSettings, "stop"))
+    seed: int | None = Field(**_default_of(GenerationSettings, "seed"))
 
 
 class BackendSection(BaseModel):
@@ -284,8 +305,6 @@ def build_mcp(sections: list[Any]) -> list[Any]:
 
 
 def _build_agent(cfg: AgentConfig, overrides: dict[str, Any]) -> Any:
-    from .agent import Agent
-
     kw: dict[str, Any] = dict(
         thinker=build_thinker(cfg.thinker),
         talker=build_talker(cfg.talker),

@@ -69,3 +69,14 @@ def test_custom_middleware_by_import_path_with_options(tmp_path, monkeypatch):
 def test_unimportable_middleware_path_is_explained():
     with pytest.raises(ConfigError, match="cannot import middleware"):
         build_agent(load_config(SCRIPTED + '\n[[middleware]]\nuse = "no_such_pkg.mod:X"\n'))
+
+
+def test_left_out_keys_take_the_agents_and_generation_settings_own_defaults():
+    from omni_agent.agent import Agent
+    from omni_agent.thinker import GenerationSettings
+
+    built = build_agent(load_config(SCRIPTED))
+    plain = Agent(thinker=ScriptedThinker("x"))
+    assert (built.fallback, built.keep_originals, built.max_rounds, built.system_prompt) == \
+        (plain.fallback, plain.keep_originals, plain.max_rounds, plain.system_prompt)
+    assert built.settings == GenerationSettings()

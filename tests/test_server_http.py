@@ -124,6 +124,20 @@ async def test_body_over_the_size_limit_is_refused_with_413():
     assert r2.status_code == 411 and r2.json()["error"]["code"] == "length_required"
 
 
+@pytest.mark.parametrize("query,needle", [
+    ("audio=maybe", "audio must be true or false"),
+    ("session_id=../etc", "session_id must be 1-64 letters"),
+    ("colour=red", "unknown parameter"),
+])
+async def test_bad_voice_turn_parameter_gets_a_400_naming_it(query, needle):
+    ears = ScriptedEars()
+    async with make_server(ears=ears).running() as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.post(f"/v1/voice?{query}", content=tone_wav(0.5))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    assert needle in r.json()["error"]["message"]
+    assert ears.seconds == []  # refused before anything was heard
+
+
 async def test_upload_that_is_not_audio_gets_a_clear_400():
     async with make_server(ears=ScriptedEars()).running() as url, httpx.AsyncClient(base_url=url) as c:
         r = await c.post("/v1/voice", content=b"this is not audio at all")
@@ -140,6 +154,8 @@ async def test_upload_that_is_not_audio_gets_a_clear_400():
     (b'{"text": 5}', "non-empty"),
     (b'{"text": "hi", "colour": "red"}', "unknown field"),
     (b'{"text": "hi", "session_id": "../../etc"}', "session_id"),
+    (b'{"text": "hi", "audio": "yes"}', "audio must be true or false"),
+    (b'{"text": "hi", "events": 1}', "events must be true or false"),
 ])
 async def test_malformed_text_turn_gets_a_400_naming_the_problem(body, needle):
     async with make_server().running() as url, httpx.AsyncClient(base_url=url) as c:

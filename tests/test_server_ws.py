@@ -237,6 +237,59 @@ async def test_configure_switches_barge_in_off_for_this_session():
     assert "interruption" not in [m["type"] for m in c.msgs]
 
 
+@pytest.mark.parametrize("field,value,says", [
+    ("barge_in", "false", "true or false"),
+    ("barge_in", 0, "true or false"),
+    ("barge_in", "maybe", "true or false"),
+    ("end_silence_ms", True, "an integer"),
+    ("end_silence_ms", 250.7, "an integer"),
+    ("threshold", 7, "between 0 and 1"),
+])
+async def test_a_bad_configure_value_is_refused_naming_the_field_and_the_old_value_stays(field, value, says):
+    async with make_server().running() as url, connect(ws_url(url)) as ws:
+        c = Client(ws)
+        before = (await c.next())["config"][field]
+        await c.send({"type": "configure", field: value, "min_speech_ms": 90})
+        err = await c.until("error")
+        await c.send({"type": "configure"})  # changes nothing: answers the settings in force
+        after = (await c.until("configured"))["config"]
+    assert err["code"] == "bad_message"
+    assert field in err["message"] and says in err["message"]
+    assert after[field] == before and after["min_speech_ms"] == 150  # nothing of it was applied
+
+
+@pytest.mark.parametrize("query,says", [
+    ({"barge_in": "maybe"}, "barge_in must be true or false"),
+    ({"end_silence_ms": "250.7"}, "end_silence_ms must be an integer"),
+    ({"threshold": "7"}, "between 0 and 1"),
+    ({"session_id": "../etc"}, "session_id must be 1-64 letters"),
+])
+async def test_a_bad_connect_parameter_is_refused_naming_it(query, says):
+    async with make_server().running() as url, connect(ws_url(url, **query)) as ws:
+        err = await Client(ws).next()
+    assert err["code"] == "bad_parameter"
+    assert next(iter(query)) in err["message"] and says in err["message"]
+
+
+@pytest.mark.parametrize("field,value", [("barge_in", "maybe"), ("end_silence_ms", "250.7")])
+async def test_a_bad_value_reads_the_same_in_the_url_and_in_configure(field, value):
+    async with make_server().running() as url:
+        async with connect(ws_url(url, **{field: value})) as ws:
+            at_connect = (await Client(ws).next())["message"]
+        async with connect(ws_url(url)) as ws:
+            c = Client(ws)
+            await c.next()
+            await c.send({"type": "configure", field: value})
+            in_session = (await c.until("error"))["message"]
+    assert in_session.startswith("configure message: " + at_connect)
+
+
+async def test_connect_parameters_take_the_usual_spellings_of_a_flag():
+    async with make_server().running() as url, connect(ws_url(url, barge_in="off", end_silence_ms=450)) as ws:
+        ready = await Client(ws).next()
+    assert ready["config"]["barge_in"] is False and ready["config"]["end_silence_ms"] == 450
+
+
 # --------------------------------------------------------------------------- bad input
 
 
