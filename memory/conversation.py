@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 from omni_agent.errors import ConfigError, OmniAgentError
 from omni_agent.events import AudioPart, TextPart
@@ -40,6 +40,8 @@ __all__ = ["ConversationMemory", "StoredTurn", "estimate_tokens", "tokenizer_cou
 
 TokenCounter = Callable[[str], int]
 Summarizer = Callable[[str | None, list[Message]], str]
+#: The summarizer a store takes (ConversationMemory's is sync; RedisHistory's may be async).
+_S = TypeVar("_S", bound=Callable[..., Any])
 
 PER_MESSAGE_TOKENS = 4  # role and separators, as chat templates add them
 
@@ -133,14 +135,14 @@ CREATE TABLE IF NOT EXISTS summaries (
 """
 
 
-class TokenBudget:
+class TokenBudget(Generic[_S]):
     """What a history store with a token budget shares, whatever it stores in (SQLite,
     Redis): the budget's settings, counting tokens, keeping the newest turns that fit, the
     summary message and rendering turns as messages. See :class:`ConversationMemory` for
     the settings."""
 
     def __init__(self, *, max_tokens: int = 2048, max_turns: int | None = None,
-                 counter: TokenCounter | None = None, summarizer: Summarizer | None = None,
+                 counter: TokenCounter | None = None, summarizer: _S | None = None,
                  interrupted_note: str = ""):
         if max_tokens < 1:
             raise ConfigError(f"history max_tokens must be at least 1, got {max_tokens}")
@@ -149,7 +151,7 @@ class TokenBudget:
         self.max_tokens = max_tokens
         self.max_turns = max_turns
         self.counter: TokenCounter = counter or estimate_tokens
-        self.summarizer = summarizer
+        self.summarizer: _S | None = summarizer
         self.interrupted_note = interrupted_note
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
@@ -186,7 +188,7 @@ class TokenBudget:
         return Message("system", f"Summary of the earlier conversation: {summary}")
 
 
-class ConversationMemory(TokenBudget):
+class ConversationMemory(TokenBudget[Summarizer]):
     """Persistent per-session history with a token budget (the agent's ``history``).
 
     * ``path`` — the SQLite file, or a directory to put ``history.sqlite3`` in (default

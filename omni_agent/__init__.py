@@ -10,7 +10,7 @@ and ``omni_agent.talkers``, built-in middleware in ``omni_agent.middleware``, to
 ``omni_agent.tools`` and memory in ``omni_agent.memory``.
 """
 
-from .agent import Agent, InMemoryHistory, Session, TurnResult
+from .agent import Agent, Session, TurnResult
 from .bus import Bus, Middleware, RoundEnd, TurnContext, hook
 from .errors import (
     AudioInputError,
@@ -42,6 +42,9 @@ from .events import (
     Utterance,
     VideoPart,
 )
+from .history import AsyncHistory, History, InMemoryHistory
+from .protocols import Transcriber
+from .segmenter import Segmenter, SegmenterProtocol
 from .talker import Talker
 from .thinker import GenerationSettings, Message, Thinker, ThinkerRequest
 from .trace import Intervention, Segment, Trace
@@ -49,7 +52,8 @@ from .trace import Intervention, Segment, Trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agent", "Session", "TurnResult", "InMemoryHistory",
+    "Agent", "Session", "TurnResult", "InMemoryHistory", "History", "AsyncHistory",
+    "Transcriber", "Segmenter", "SegmenterProtocol",
     "Bus", "Middleware", "RoundEnd", "TurnContext", "hook",
     "OmniAgentError", "ConfigError", "ThinkerError", "TalkerError", "ModelNotFoundError",
     "UnsupportedInputError", "AudioInputError", "ToolError", "Blocked",
