@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import threading
 import time
@@ -107,6 +108,25 @@ def page_state(driver) -> dict:
         "const s = window.omni; return s ? JSON.parse(JSON.stringify(s)) : null;") or {}
 
 
+def turn_figures(driver) -> list[dict]:
+    """The page's per-turn latency figures (``window.omniTurns``)."""
+    return driver.execute_script("return JSON.parse(JSON.stringify(window.omniTurns || []));")
+
+
+#: The headline of a turn line: from the end of the user's speech to the reply being audible.
+HONEST = re.compile(r"reply audible ≈?(\d+) ms after you stopped")
+
+
+def min_end_silence_ms(ready: dict) -> float:
+    """The least silence after which this session may end a turn, from its ``ready``
+    message: ``min_end_silence_ms`` where the end of a turn is semantic, else the one
+    silence it always waits (``end_silence_ms``)."""
+    cfg = ready["config"]
+    if cfg.get("semantic_turn") and "min_end_silence_ms" in cfg:
+        return float(min(cfg["min_end_silence_ms"], cfg["end_silence_ms"]))
+    return float(cfg["end_silence_ms"])
+
+
 def wait_for(driver, cond, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -162,6 +182,7 @@ def test_page_transcribes_the_microphone_and_plays_the_streamed_reply(tmp_path, 
             agent_text = driver.find_element("css selector", ".turn .atext").text
             changes = driver.find_element("css selector", ".turn .changes").get_attribute("textContent")
             latency = driver.find_element("css selector", ".turn .latency").text
+            figures = turn_figures(driver)
         finally:
             driver.quit()
     assert st["captureMaxRms"] > 0.01, "the fake microphone delivered sound"
@@ -175,6 +196,83 @@ def test_page_transcribes_the_microphone_and_plays_the_streamed_reply(tmp_path, 
     assert st["playedSeconds"] == pytest.approx(st["audioBytes"] / 2 / RATE, rel=0.05)
     assert "CityNamer" in changes and "Paris, France" in changes
     assert "speech recognition" in latency and "thinker first token" in latency and "heard after" in latency
+    # The headline: from the true end of speech to the reply being audible. The server waits
+    # at least the minimum end-of-turn silence after the last voiced audio before it can
+    # answer, so an honest figure is above it; and it is well below 10 s here.
+    shown = HONEST.search(latency)
+    assert shown, f"no 'reply audible ... after you stopped' on the turn line: {latency!r}"
+    audible = int(shown.group(1))
+    assert min_end_silence_ms(st["ready"]) < audible < 10_000
+    [fig] = figures
+    assert fig["audible_ms"] == audible and fig["measure"] == "exact"  # the WebSocket path counts samples
+    assert fig["first_audio_sent_ms"] is not None and fig["first_audio_sent_ms"] < audible
+    if (fig["end_of_turn"] or {}).get("wait_ms") is not None:  # the silence this turn's end waited
+        assert audible > fig["end_of_turn"]["wait_ms"]
+    # The final transcript came before the turn, and the page showed it.
+    final = [m for m in st["transcripts"] if m["final"]]
+    assert final and words(final[-1]["text"]) == words(st["userTexts"][0])
+    assert st["events"].index("transcript") < st["events"].index("user_turn")
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", (text or "").lower())
+
+
+# What a server sends for one spoken turn (docs/protocol.md), with the speech ending 700 ms
+# of input audio before the last sample the page has sent; then one reply audio frame.
+FAKE_TURN = """
+const sent = captureClock.sent;
+const endMs = sent * 1000 / captureClock.rate - 700;
+const msg = (m) => onMessage(JSON.stringify(m));
+msg({type: 'speech_started', ignored: false});
+msg({type: 'transcript', text: 'what is the', final: false, turn_id: null});
+const interim = document.querySelector('.turn:last-child .utext').className;
+msg({type: 'speech_stopped', ignored: false, speech_end_ms: endMs, since_speech_end_ms: 650,
+     end_of_turn: {detector: 'semantic', p_end: 0.93, wait_ms: 240}});
+msg({type: 'transcript', text: 'What is the capital of France?', final: true, turn_id: null});
+msg({type: 'user_turn', turn_id: 77, text: 'What is the capital of France?', parts: [{kind: 'audio'}]});
+const buf = new ArrayBuffer(16 + 2 * 2205), v = new DataView(buf);
+v.setUint32(0, 77, true); v.setUint32(4, 1, true); v.setUint32(8, 22050, true);
+for (let i = 0; i < 2205; i++) v.setInt16(16 + 2 * i, Math.round(8000 * Math.sin(i / 5)), true);
+onMessage(buf);
+msg({type: 'turn_end', turn_id: 77, reason: 'completed', text: 'Paris.', spoken: 'Paris.'});
+msg({type: 'latency', turn_id: 77, asr_ms: 40, first_audio_ms: 300, turn_ms: 600, stages_ms: {},
+     speech_end_ms: endMs, from_speech_end_ms: {transcript_final: 450, first_token: 520, first_audio_sent: 640},
+     draft: 'kept'});
+return {interim, final: document.querySelector('.turn:last-child .utext').className,
+        line: document.querySelector('.turn:last-child .latency').innerText,
+        estimate: speechEnd({since_speech_end_ms: 500}, 2000)};
+"""
+
+
+def test_turn_line_counts_from_the_true_end_of_speech(tmp_path):
+    """The page's own arithmetic, on messages as the protocol describes them: the server
+    names the end of speech by its position in the audio the page sent; the page maps it to
+    the moment it captured that audio and the first reply buffer to when it is heard."""
+    _require_browser()
+    wav = microphone_wav(tmp_path / "mic.wav", gap(20.0))  # a quiet room: no turns of its own
+    agent = Agent(thinker=ScriptedThinker("Paris.", accepts=["text"]))
+    with ServerThread(AgentServer(agent, ServerConfig())) as url:
+        driver = chromium(wav, tmp_path)
+        try:
+            driver.get(f"{url}/?autostart=1&transport=ws")
+            wait_for(driver, lambda s: s["ready"] and s["sentAudioBytes"] > 32000, 30, "a second of audio sent")
+            out = driver.execute_script(FAKE_TURN)
+            wait_for(driver, lambda s: s["sourcesEnded"] >= 1, 10, "the reply audio to play")
+            [fig] = turn_figures(driver)
+        finally:
+            driver.quit()
+    assert "interim" in out["interim"] and "interim" not in out["final"]
+    # 700 ms of audio had been captured after the speech ended; the reply is scheduled 20 ms
+    # ahead, plus the output latency and the time the messages took here.
+    assert fig["measure"] == "exact" and 700 < fig["audible_ms"] < 1200
+    assert f"reply audible {fig['audible_ms']} ms after you stopped" in out["line"]
+    assert fig["turn_id"] == 77 and fig["draft"] == "kept" and fig["kind"] == "plain"
+    assert (fig["transcript_final_ms"], fig["first_token_ms"], fig["first_audio_sent_ms"]) == (450, 520, 640)
+    assert fig["end_of_turn"]["detector"] == "semantic"
+    assert "draft kept" in out["line"] and "end of turn by semantic (p 0.93), waited 240 ms" in out["line"]
+    # WebRTC has no sample counter: the server's own clock gives an estimate.
+    assert out["estimate"] == [1500, "estimate"]
 
 
 def test_speaking_over_the_reply_stops_playback_and_memory_keeps_what_was_heard(tmp_path, ears, piper):

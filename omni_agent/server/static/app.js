@@ -13,7 +13,14 @@ const state = window.omni = {
   audioChunks: 0, audioBytes: 0, sourcesStarted: 0, sourcesEnded: 0, playedSeconds: 0,
   captureMaxRms: 0, sentAudioBytes: 0, stops: 0, latencies: [], interruptions: [],
   revisions: [], traces: [], transport: null, heardAfterMs: [], rtcPlayedSeconds: 0,
+  transcripts: [],
 };
+
+// Every turn's latency figures, for tests and benches (bench/voice_latency.py): one object
+// per turn, filled in as its messages and its first audible reply audio come. Times ending
+// in _client_ms are performance.now(); the other _ms are durations from the end of the
+// user's speech.
+const figures = window.omniTurns = [];
 
 let ws = null;
 let pc = null, dc = null, rtcInfo = null, rtcTimer = null, replyEl = null;  // the WebRTC path
@@ -22,6 +29,8 @@ let playCtx = null, playHead = 0;
 const turns = new Map();          // turn_id -> per-turn view and playback state
 let pendingTurnEl = null;         // an article created on speech_started, before user_turn
 let speechStoppedAt = null;       // performance.now() when the server saw the user stop
+let pendingFig = null;            // the figures of a turn whose speech ended, before user_turn
+let captureClock = null;          // the WebSocket path: which input sample was captured when
 let progressTimer = null;
 
 // ------------------------------------------------------------------ the link (either transport)
@@ -29,6 +38,15 @@ let progressTimer = null;
 function isOpen() {
   if (state.transport === 'webrtc') return !!dc && dc.readyState === 'open';
   return !!ws && ws.readyState === WebSocket.OPEN;
+}
+
+// The page's own parameters; every other one (end_silence_ms, threshold, ...: the live
+// session's settings, docs/protocol.md) goes on to the server, which refuses unknown ones
+// with a message listing the allowed names.
+const PAGE_PARAMS = new Set(['token', 'autostart', 'transport', 'processing', 'barge_in', 'sample_rate']);
+
+function passSessionParams(u) {
+  for (const [k, v] of params) if (!PAGE_PARAMS.has(k)) u.searchParams.set(k, v);
 }
 
 function sendMsg(obj) { if (!isOpen()) return; (state.transport === 'webrtc' ? dc : ws).send(JSON.stringify(obj)); }
@@ -98,19 +116,130 @@ function renderTrace(t, trace) {
   if (!box.hidden) box.open = true;
 }
 
+// The server's figures of turn t (its latency message) into t's figures.
+function takeLatency(t, m) {
+  const f = t.fig;
+  const from = m.from_speech_end_ms || {};
+  f.transcript_final_ms = from.transcript_final ?? null;
+  f.first_token_ms = from.first_token ?? null;
+  f.first_audio_sent_ms = from.first_audio_sent ?? null;
+  f.draft = m.draft ?? null;
+  if (!f.end_of_turn && m.end_of_turn) f.end_of_turn = m.end_of_turn;
+  if (f.speech_end_client_ms == null && m.speech_end_ms != null && state.transport === 'ws') {
+    f.speech_end_ms = m.speech_end_ms;  // a server that names the end of speech only here
+    [f.speech_end_client_ms, f.measure] = speechEnd({speech_end_ms: m.speech_end_ms}, null);
+    if (f.speech_end_client_ms != null && f.audible_client_ms != null) {
+      f.audible_ms = Math.round(f.audible_client_ms - f.speech_end_client_ms);
+    }
+  }
+}
+
 function renderLatency(t, m) {
   const parts = [];
   const add = (label, v) => { if (v != null) parts.push(`<span>${label} <b>${Math.round(v)} ms</b></span>`); };
+  const f = t.fig;
+  if (f && f.audible_ms != null) {  // the headline: what the user waited for
+    const est = f.measure === 'estimate';
+    parts.push(`<span class="honest" title="from the end of your speech to the first reply audio you could hear">` +
+               `reply audible <b>${est ? '≈' : ''}${f.audible_ms} ms</b> after you stopped` +
+               `${est ? ' <i>(estimate: the uplink delay is not counted)</i>' : ''}</span>`);
+  }
+  const from = m.from_speech_end_ms || {};
+  add('→ transcript', from.transcript_final);
+  add('→ first token', from.first_token);
+  add('→ first audio sent', from.first_audio_sent);
+  if (m.draft) parts.push(`<span>draft <b>${esc(m.draft)}</b></span>`);
+  const eot = f && f.end_of_turn;
+  if (eot && eot.detector) {
+    parts.push(`<span>end of turn by <b>${esc(eot.detector)}</b>${eot.p_end != null ? ` (p ${Number(eot.p_end).toFixed(2)})` : ''}` +
+               `${eot.wait_ms != null ? `, waited ${Math.round(eot.wait_ms)} ms` : ''}</span>`);
+  }
   const st = m.stages_ms || {};
   add('speech recognition', m.asr_ms || null);
   add('thinker first token', st.thinker_first_token);
   add('first clause', st.first_utterance);
   add('talker first audio', st.talker_first_audio);
   add('end of turn → first audio sent', m.first_audio_ms);
-  add('heard after', t.heardAfterMs);
+  add('heard after end of turn', t.heardAfterMs);
   add('whole turn', m.turn_ms);
   for (const [k, v] of Object.entries(st)) if (k.startsWith('utterance:')) add(k.slice(10) + ' (middleware)', v);
   t.el.querySelector('.latency').innerHTML = parts.join(' ');
+}
+
+// ------------------------------------------------------------------ the honest latency figure
+//
+// From the true end of the user's speech (the last voiced audio, which the server names by
+// its position in the input stream: speech_end_ms) to the moment the reply's first audio is
+// audible. The WebSocket path knows it exactly: it counts the samples it sends, as the
+// server does, and when each block was captured. WebRTC has no sample counter: there the end
+// of speech is estimated from the server's own clock (since_speech_end_ms), which leaves
+// out the uplink delay.
+
+// Input position -> performance.now(). Each 20 ms block from the capture worklet carries the
+// AudioContext time after its last sample; the audio clock maps to performance.now() by the
+// smallest delivery delay among the blocks around it (the one that came straight through: a
+// busy main thread delays the others, never that one).
+class CaptureClock {
+  constructor(rate) {
+    this.rate = rate;
+    this.sent = 0;        // samples sent to the server so far
+    this.blocks = [];     // {end: samples sent after this block, ctx: its end (s), lag: ms}
+  }
+
+  add(samples, ctxEnd) {
+    this.sent += samples;
+    this.blocks.push({end: this.sent, ctx: ctxEnd, lag: performance.now() - ctxEnd * 1000});
+    if (this.blocks.length > 9000) this.blocks.splice(0, 3000);  // keeps the last 2-3 minutes
+  }
+
+  // performance.now() at which input position `ms` (of audio since the first sample sent)
+  // was captured; null when that part of the stream was not sent or is long gone.
+  at(ms) {
+    const b = this.blocks;
+    const n = Math.min(ms * this.rate / 1000, this.sent);
+    if (!b.length || n < b[0].end - this.rate) return null;
+    let lo = 0, hi = b.length - 1;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (b[mid].end >= n) hi = mid; else lo = mid + 1; }
+    const ctx = b[lo].ctx - (b[lo].end - n) / this.rate;
+    let lag = Infinity;
+    for (let i = Math.max(0, lo - 100); i < Math.min(b.length, lo + 100); i++) lag = Math.min(lag, b[i].lag);
+    return ctx * 1000 + lag;
+  }
+}
+
+// When the user's speech ended, on this page's clock, from a speech_stopped or latency
+// message: [performance.now() time, 'exact' | 'estimate'], or [null, null].
+function speechEnd(m, receivedAt) {
+  if (state.transport === 'ws' && captureClock && m.speech_end_ms != null) {
+    const at = captureClock.at(m.speech_end_ms);
+    if (at != null) return [at, 'exact'];
+  }
+  if (m.since_speech_end_ms != null && receivedAt != null) return [receivedAt - m.since_speech_end_ms, 'estimate'];
+  return [null, null];
+}
+
+function newFigures(kind) {
+  return {turn_id: null, kind, measure: null, speech_end_ms: null, speech_end_client_ms: null,
+          audible_client_ms: null, audible_ms: null, transcript_final_ms: null, first_token_ms: null,
+          first_audio_sent_ms: null, draft: null, end_of_turn: null, heard_after_ms: null, tools: [],
+          transcript: null, reply: null, reason: null};
+}
+
+// The reply of turn t became audible at performance.now() time `at`.
+function replyAudible(t, at) {
+  const f = t.fig;
+  if (!f || f.audible_client_ms != null) return;
+  f.audible_client_ms = at;
+  if (f.speech_end_client_ms != null) f.audible_ms = Math.round(at - f.speech_end_client_ms);
+  renderLatency(t, t.latency || {});
+}
+
+// AudioContext time -> performance.now(): the context says which of its times is being
+// heard now (output latency included); the fallback adds the latency it reports.
+function audibleAt(ctx, when) {
+  const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : null;
+  if (ts && ts.performanceTime > 0 && ts.contextTime > 0) return ts.performanceTime + (when - ts.contextTime) * 1000;
+  return performance.now() + (when - ctx.currentTime + (ctx.outputLatency || ctx.baseLatency || 0)) * 1000;
 }
 
 // ------------------------------------------------------------------ audio out
@@ -148,7 +277,9 @@ function playChunk(head, buf) {
     if (speechStoppedAt != null && t.fromSpeech) {
       t.heardAfterMs = performance.now() - speechStoppedAt + (start - ctx.currentTime) * 1000;
       state.heardAfterMs.push(Math.round(t.heardAfterMs));
+      if (t.fig) t.fig.heard_after_ms = Math.round(t.heardAfterMs);
     }
+    replyAudible(t, audibleAt(ctx, start));
   }
   node.onended = () => {
     if (src.done) return;
@@ -202,7 +333,7 @@ function stopPlayback(turnId) {
 
 // ------------------------------------------------------------------ audio in
 
-function sendAudio(f32) {
+function sendAudio(f32, ctxEnd) {
   let sum = 0;
   for (let i = 0; i < f32.length; i++) sum += f32[i] * f32[i];
   const rms = Math.sqrt(sum / f32.length);
@@ -215,6 +346,7 @@ function sendAudio(f32) {
   }
   ws.send(i16.buffer);
   state.sentAudioBytes += i16.byteLength;
+  if (captureClock) captureClock.add(i16.length, ctxEnd);
 }
 
 async function startMic() {
@@ -228,7 +360,7 @@ async function startMic() {
   await micCtx.audioWorklet.addModule('/static/capture-worklet.js');
   const src = micCtx.createMediaStreamSource(micStream);
   micNode = new AudioWorkletNode(micCtx, 'pcm-capture');
-  micNode.port.onmessage = (e) => sendAudio(e.data);
+  micNode.port.onmessage = (e) => sendAudio(e.data.samples, e.data.end);
   const mute = micCtx.createGain();
   mute.gain.value = 0;
   src.connect(micNode);
@@ -246,11 +378,10 @@ function connect(sampleRate) {
     if (token) u.searchParams.set('token', token);
     u.searchParams.set('sample_rate', String(Math.round(sampleRate)));
     u.searchParams.set('barge_in', $('bargein').checked ? 'true' : 'false');
-    for (const k of ['min_interrupt_ms', 'min_speech_ms', 'end_silence_ms', 'threshold']) {
-      if (params.has(k)) u.searchParams.set(k, params.get(k));
-    }
+    passSessionParams(u);
     ws = new WebSocket(u);
     ws.binaryType = 'arraybuffer';
+    captureClock = new CaptureClock(Math.round(sampleRate));
     let ready = false;
     ws.onmessage = (e) => {
       const m = onMessage(e.data);
@@ -298,17 +429,40 @@ function onMessage(data) {
         break;
       }
       speechStoppedAt = performance.now();
+      pendingFig = newFigures('plain');
+      pendingFig.speech_end_ms = m.speech_end_ms ?? null;
+      pendingFig.end_of_turn = m.end_of_turn ?? null;
+      [pendingFig.speech_end_client_ms, pendingFig.measure] = speechEnd(m, speechStoppedAt);
       setVad('idle', 'thinking…');
       break;
+    case 'transcript': {  // what the ears heard so far (final: the turn's transcript)
+      state.transcripts.push({text: m.text, final: !!m.final, turn_id: m.turn_id ?? null});
+      const t = m.turn_id != null ? turns.get(m.turn_id) : null;
+      const el = t ? t.el : (pendingTurnEl || (pendingTurnEl = newArticle()));
+      const u = el.querySelector('.utext');
+      u.textContent = m.text || '…';
+      u.classList.toggle('interim', !m.final);
+      break;
+    }
     case 'no_speech':
       if (pendingTurnEl) { pendingTurnEl.remove(); pendingTurnEl = null; }
+      pendingFig = null;
       setVad('idle', 'listening');
       break;
     case 'user_turn': {
       const t = turn(m.turn_id);
       t.fromSpeech = (m.parts || []).some((p) => p.kind === 'audio');
-      t.el.querySelector('.utext').textContent = m.text || '(audio)';
+      const u = t.el.querySelector('.utext');
+      u.textContent = m.text || '(audio)';
+      u.classList.remove('interim');
       state.userTexts.push(m.text);
+      if (!t.fig) {
+        t.fig = t.fromSpeech ? (pendingFig || newFigures('plain')) : newFigures('text');
+        if (t.fromSpeech) pendingFig = null;
+        t.fig.turn_id = m.turn_id;
+        figures.push(t.fig);
+      }
+      t.fig.transcript = m.text ?? null;
       break;
     }
     case 'text_delta': { const t = turn(m.turn_id); t.deltas += m.text; renderAgent(t); break; }
@@ -332,6 +486,7 @@ function onMessage(data) {
       const t = turn(m.turn_id);
       if (!t.utterances.length && m.text) { t.deltas = m.text; renderAgent(t); }
       state.agentTexts.push(m.text);
+      if (t.fig) { t.fig.reply = m.text ?? null; t.fig.reason = m.reason ?? null; }
       if (!anyPlaying()) setVad('idle', 'listening');
       break;
     }
@@ -342,8 +497,22 @@ function onMessage(data) {
         `<div class="latency">remembered as heard: “${esc(m.heard)}”</div>`);
       break;
     }
-    case 'latency': { state.latencies.push(m); const t = turn(m.turn_id); t.latency = m; renderLatency(t, m); break; }
-    case 'trace': { state.traces.push(m.trace); renderTrace(turn(m.turn_id), m.trace); break; }
+    case 'latency': {
+      state.latencies.push(m);
+      const t = turn(m.turn_id);
+      t.latency = m;
+      if (t.fig) takeLatency(t, m);
+      renderLatency(t, m);
+      break;
+    }
+    case 'trace': {
+      state.traces.push(m.trace);
+      const t = turn(m.turn_id);
+      const tools = (m.trace.tool_calls || []).map((c) => c.name);
+      if (t.fig) { t.fig.tools = tools; if (tools.length && t.fig.kind === 'plain') t.fig.kind = 'tool'; }
+      renderTrace(t, m.trace);
+      break;
+    }
     case 'error': state.errors.push(m); showError(m.message); break;
     case 'shutdown': showError('The server is shutting down.'); break;
     default: break;
@@ -431,7 +600,9 @@ async function startRTC() {
     if (t && t.heardAfterMs == null && speechStoppedAt != null && !t.stopped) {
       t.heardAfterMs = now - speechStoppedAt;
       state.heardAfterMs.push(Math.round(t.heardAfterMs));
+      if (t.fig) t.fig.heard_after_ms = Math.round(t.heardAfterMs);
       if (t.latency) renderLatency(t, t.latency);
+      replyAudible(t, now);
     }
     setVad('agent', 'agent speaking');
   }, 20);
@@ -450,9 +621,7 @@ async function startRTC() {
   await waitIceGathering(pc, 2000);
   const u = new URL('/v1/webrtc/offer', location.href);
   u.searchParams.set('barge_in', $('bargein').checked ? 'true' : 'false');
-  for (const k of ['min_interrupt_ms', 'min_speech_ms', 'end_silence_ms', 'threshold']) {
-    if (params.has(k)) u.searchParams.set(k, params.get(k));
-  }
+  passSessionParams(u);
   const headers = {'Content-Type': 'application/sdp'};
   if (token) headers.Authorization = `Bearer ${token}`;
   const r = await fetch(u, {method: 'POST', headers, body: pc.localDescription.sdp});

@@ -1,5 +1,7 @@
-// Microphone capture: hands 20 ms blocks of mono float samples to the page.
-// It runs in an AudioContext created at 16 kHz, so the browser has already resampled.
+// Microphone capture: hands 20 ms blocks of mono float samples to the page, each with the
+// AudioContext time just after its last sample (the page maps it to performance.now(), to
+// know when the user's speech ended: the honest latency figure). It runs in an
+// AudioContext created at 16 kHz, so the browser has already resampled.
 class PcmCapture extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -17,7 +19,7 @@ class PcmCapture extends AudioWorkletProcessor {
       if (input.length > 1) { v = 0; for (let c = 0; c < input.length; c++) v += input[c][i]; v /= input.length; }
       this.buf[this.n++] = v;
       if (this.n === this.block) {
-        this.port.postMessage(this.buf.slice(0));
+        this.port.postMessage({samples: this.buf.slice(0), end: currentTime + (i + 1) / sampleRate});
         this.n = 0;
       }
     }
