@@ -14,7 +14,11 @@ What it recognises, per Thinker round:
 * calls written as text, by default the Hermes/Qwen form
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` — even when the tags and
   the JSON are split across stream chunks. Only text that may still turn out to be the
-  start of a call is held back; a call's markup is never shown or spoken.
+  start of a call is held back; a call's markup is never shown or spoken. The text is
+  read by the core's markup parser (:mod:`omni_agent.markup_protocol`), the same one the
+  local Thinker backends and MarkupGuard use. In a round that offers no tools (the
+  router found none, or the round limit was reached: ``tool_choice="none"``; or no tool
+  is registered) call markup is never run: it is kept off speech, and the trace says so.
 
 Ordering rules for a round that has both text and calls (each one is tested):
 
@@ -52,10 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
-import re
 import uuid
-from dataclasses import dataclass
 from time import monotonic
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
@@ -64,7 +65,10 @@ import anyio.to_thread
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext, is_cancellation
 from omni_agent.errors import ToolError
-from omni_agent.events import ErrorEvent, Event, TextDelta, TextPart, ToolCall, ToolResult, Utterance
+from omni_agent.events import (ErrorEvent, Event, ReasoningDelta, TextDelta, TextPart, ToolCall, ToolResult,
+                               Utterance)
+from omni_agent.markup_protocol import (HERMES, BadCall, MarkupEvent, MarkupFormat, MarkupParser, ParsedCall,
+                                        Reasoning, TagFormat, Text, ToolCalls, read_calls)
 from omni_agent.thinker import Message
 from omni_agent.tools.registry import Tool, ToolRegistry
 
@@ -75,137 +79,56 @@ __all__ = ["ToolCalling", "TagFormat", "HERMES", "TextCallParser", "ParsedCall",
 ConfirmPolicy = Callable[[ToolCall, Tool, TurnContext], "bool | Awaitable[bool]"]
 
 
-@dataclass(frozen=True, slots=True)
-class TagFormat:
-    """A text format that wraps each call in tags, with JSON inside:
-    ``{"name": ..., "arguments": {...}}`` (``"parameters"`` is accepted too), or a list
-    of such objects."""
-
-    open: str
-    close: str
-
-
-HERMES = TagFormat("<tool_call>", "</tool_call>")
-"""Hermes / Qwen2.5 / Qwen3 (and many fine-tunes' chat templates)."""
-
-
-@dataclass(slots=True)
-class ParsedCall:
-    """A call found in text. ``error`` is set when the markup held no valid call."""
-
-    name: str
-    arguments: str
-    raw: str
-    error: str | None = None
-
-
-_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
-
-
+# The text call formats and their parser live in the core (one parser for every backend
+# and middleware); these names stay importable from here.
 def parse_call_body(body: str) -> list[ParsedCall]:
-    """Parse what stood between the tags: one call object or a list of them."""
-    raw = body
-    s = _FENCE.sub("", body.strip())
-    try:
-        obj = json.loads(s)
-    except ValueError:
-        # Models sometimes write a valid object followed by junk: take the object.
-        start = s.find("{")
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(s[start:]) if start >= 0 else (None, 0)
-        except ValueError as e:
-            return [ParsedCall("", "", raw, f"the tool call is not valid JSON ({e})")]
-    objs = obj if isinstance(obj, list) else [obj]
-    out = []
-    for o in objs:
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or not o["name"]:
-            out.append(ParsedCall("", "", raw, 'the tool call has no "name"'))
-            continue
-        args = o.get("arguments", o.get("parameters", {}))
-        if args is None:
-            args = {}
-        out.append(ParsedCall(o["name"], args if isinstance(args, str) else json.dumps(args), raw))
-    return out
+    """Parse what stood between the tags: one call object or a list of them (never empty:
+    an item with ``error`` says why the markup held no call). The core's
+    :func:`~omni_agent.markup_protocol.read_calls`."""
+    return read_calls(body)
 
 
 class TextCallParser:
-    """Finds calls in streamed text, chunk by chunk.
+    """Finds calls in streamed text, chunk by chunk (ToolCalling's view of
+    :class:`~omni_agent.markup_protocol.MarkupParser`).
 
     ``feed(text)`` returns a list of plain-text strings and :class:`ParsedCall` items in
     stream order; text that may be the start of an opening tag is held until the next
     chunk decides it. ``flush()`` ends the round: held text is released, an unclosed call
-    is parsed as it stands (generation often stops before the closing tag).
+    is parsed as it stands (generation often stops before the closing tag). Markup that
+    holds no call is one :class:`ParsedCall` with ``error`` set.
     """
 
-    __slots__ = ("formats", "held", "fmt", "body")
+    __slots__ = ("parser",)
 
-    def __init__(self, formats: Sequence[TagFormat] = (HERMES,)):
-        self.formats = tuple(formats)
-        self.held = ""
-        self.fmt: TagFormat | None = None
-        self.body = ""
+    def __init__(self, formats: Sequence[MarkupFormat] = (HERMES,)):
+        self.parser = MarkupParser(formats)
+
+    @property
+    def formats(self) -> tuple[MarkupFormat, ...]:
+        return self.parser.grammar.formats
 
     @property
     def idle(self) -> bool:
-        return self.fmt is None and not self.held
+        return self.parser.idle
 
     def feed(self, text: str) -> list[str | ParsedCall]:
-        out: list[str | ParsedCall] = []
-        s = self.held + text
-        self.held = ""
-        while s:
-            if self.fmt is not None:
-                self.body += s
-                s = ""
-                j = self.body.find(self.fmt.close)
-                if j < 0:
-                    break
-                body, s = self.body[:j], self.body[j + len(self.fmt.close):]
-                self.body, self.fmt = "", None
-                out.extend(parse_call_body(body))
-                continue
-            best, best_fmt = -1, None
-            for f in self.formats:
-                i = s.find(f.open)
-                if i >= 0 and (best < 0 or i < best):
-                    best, best_fmt = i, f
-            if best_fmt is not None:
-                if best:
-                    out.append(s[:best])
-                self.fmt, self.body = best_fmt, ""
-                s = s[best + len(best_fmt.open):]
-                continue
-            keep = self._partial_open(s)
-            if keep:
-                self.held = s[-keep:]
-                s = s[:-keep]
-            if s:
-                out.append(s)
-            break
-        return out
-
-    def _partial_open(self, s: str) -> int:
-        """Length of the longest tail of ``s`` that starts some opening tag."""
-        best = 0
-        n = len(s)
-        for f in self.formats:
-            first = f.open[0]
-            for k in range(max(0, n - len(f.open) + 1), n):
-                if s[k] == first and f.open.startswith(s[k:]):
-                    best = max(best, n - k)
-                    break
-        return best
+        return _pieces(self.parser.feed(text))
 
     def flush(self) -> list[str | ParsedCall]:
-        out: list[str | ParsedCall] = []
-        if self.fmt is not None:
-            body, self.body, self.fmt = self.body, "", None
-            if body.strip():
-                out.extend(parse_call_body(body))
-        elif self.held:
-            out.append(self.held)
-        self.held = ""
-        return out
+        return _pieces(self.parser.close())
+
+
+def _pieces(events: list[MarkupEvent]) -> list[str | ParsedCall]:
+    out: list[str | ParsedCall] = []
+    for ev in events:
+        if type(ev) is Text:
+            out.append(ev.text)
+        elif type(ev) is ToolCalls:
+            out.extend(ev.calls)
+        elif type(ev) is BadCall and (ev.closed or ev.body.strip()):
+            out.append(ParsedCall("", "", ev.body, ev.error))
+    return out
 
 
 def _match_said(buf: str, said: str) -> int | None:
@@ -283,6 +206,159 @@ class _ErrorEcho:
         return held
 
 
+class _TurnCalls:
+    """ToolCalling's state in one turn: the round's text and calls as the parser reads
+    them, and the holds that keep a repetition (rule 4) or an echoed tool error (rule 7)
+    from being spoken. Its methods take a bus event and return the events to pass on."""
+
+    __slots__ = ("mw", "ctx", "parser", "no_tools", "tools_off", "said", "calls", "errors", "dropped",
+                 "guard", "guard_buf", "echo", "rounds", "filler_said")
+
+    def __init__(self, mw: "ToolCalling", ctx: TurnContext, no_tools: bool):
+        self.mw = mw
+        self.ctx = ctx
+        self.parser = MarkupParser(mw.formats) if mw.formats else None
+        self.no_tools = no_tools      # the registry is empty: no round offers a tool
+        self.tools_off = no_tools     # this round offers no tool: call markup is not run
+        self.said: list[str] = []          # this round's text before its first call
+        self.calls: list[ToolCall] = []    # this round's calls, in order
+        self.errors: dict[str, str] = {}   # call id -> why its markup was not a valid call
+        self.dropped: list[str] = []       # text after a call, not passed on
+        self.guard: str | None = None      # text said before the previous round's calls
+        self.guard_buf = ""
+        self.echo: _ErrorEcho | None = None  # the previous round's tool errors, not to be read out
+        self.rounds = 0
+        self.filler_said = False
+
+    @property
+    def plain(self) -> bool:
+        """Nothing held, no call yet, no guard: the next text may take the fast path."""
+        return (self.guard is None and self.echo is None and not self.calls
+                and (self.parser is None or self.parser.idle))
+
+    def text(self, ev: TextDelta) -> list[Event]:
+        """A text delta of the Thinker."""
+        if self.parser is None:
+            return self._take([Text(ev.text)], ev)
+        return self._take(self.parser.feed(ev.text), ev)
+
+    def native(self, ev: ToolCall) -> list[Event]:
+        """A native tool call: text held before it is released first."""
+        out: list[Event] = []
+        if self.parser is not None and not self.parser.idle and not self.calls:
+            out = self._take(self.parser.flush(), ev)
+        if self.guard_buf and not self.calls:  # held as a possible repetition: it was not one
+            self.said.append(self.guard_buf)
+            out.append(TextDelta(self.guard_buf, session_id=ev.session_id, turn_id=ev.turn_id))
+        self.guard, self.guard_buf = None, ""
+        if not ev.id:
+            ev.id = _new_id()
+        self.calls.append(ev)
+        out.append(ev)
+        return out
+
+    def end_text(self, ev: RoundEnd) -> list[Event]:
+        """The round's end for its text: what is held is released, the echo and the
+        repetition guard are settled, dropped text goes to the trace."""
+        ctx, label = self.ctx, self.mw.label
+        out = self._take(self.parser.close(), ev) if self.parser is not None else []
+        echo = self.echo
+        if echo is not None:
+            rest = echo.finish()
+            for o in self.mw._after_echo(echo, ctx, ev):
+                self.said.append(o.text)
+                out.append(o)
+            if echo.echoed:
+                ctx.trace.record(label, "stream", "replace", echo.held, self.mw.error_apology,
+                                 "the Thinker repeated a tool's error; the user hears an apology")
+            if rest and not self.calls:
+                self.said.append(rest)
+                out.append(TextDelta(rest, session_id=ev.session_id, turn_id=ev.turn_id))
+            self.echo = None
+        if self.guard_buf:
+            # The round ended while its text still matched part of what was said: a
+            # partial repetition is still the model's answer; let it through.
+            self.said.append(self.guard_buf)
+            out.append(TextDelta(self.guard_buf, session_id=ev.session_id, turn_id=ev.turn_id))
+        self.guard, self.guard_buf = None, ""
+        if self.dropped and "".join(self.dropped).strip():
+            ctx.trace.record(label, "stream", "drop", "".join(self.dropped), None,
+                             "text after a tool call in the same round is not spoken; "
+                             "the answer follows the tool results")
+        self.dropped = []
+        return out
+
+    def _take(self, pieces: list[MarkupEvent], ev: Event) -> list[Event]:
+        out: list[Event] = []
+        for p in pieces:
+            t = type(p)
+            if t is Text:
+                self._say(p.text, ev, out)  # type: ignore[union-attr]
+            elif t is ToolCalls or t is BadCall:
+                self._markup_call(p, ev, out)  # type: ignore[arg-type]
+            elif t is Reasoning:
+                out.append(ReasoningDelta(p.text, session_id=ev.session_id, turn_id=ev.turn_id))  # type: ignore[union-attr]
+        return out
+
+    def _say(self, p: str, ev: Event, out: list[Event]) -> None:
+        """Text of the round: dropped after a call (rule 3), held while it may echo a tool
+        error (rule 7) or repeat what was said before the calls (rule 4), else passed on."""
+        if self.calls:
+            self.dropped.append(p)
+            return
+        echo = self.echo
+        if echo is not None:
+            p = echo.feed(p)
+            if echo.decided:
+                for o in self.mw._after_echo(echo, self.ctx, ev):
+                    self.said.append(o.text)
+                    out.append(o)
+                if not echo.echoed:
+                    self.echo = None
+            if not p:
+                return
+        if self.guard is not None:
+            self.guard_buf += p
+            k = _match_said(self.guard_buf, self.guard)
+            if k is None:
+                return  # may still be a repetition: hold
+            if k >= 0:
+                self.ctx.trace.record(self.mw.label, "stream", "drop", self.guard_buf[:k], None,
+                                      "repeats what was said before the tool call")
+                p = self.guard_buf[k:]
+            else:
+                p = self.guard_buf
+            self.guard, self.guard_buf = None, ""
+            if not p:
+                return
+        self.said.append(p)
+        out.append(TextDelta(p, session_id=ev.session_id, turn_id=ev.turn_id, ts=ev.ts))
+
+    def _markup_call(self, p: ToolCalls | BadCall, ev: Event, out: list[Event]) -> None:
+        """Call markup in the text: each call is passed on as a ToolCall (rule 2); markup
+        that holds no valid call is a call that gets an error result telling the Thinker
+        how to write one. In a round that offers no tools it is never run."""
+        if self.tools_off:
+            self.ctx.trace.record(self.mw.label, "stream", "drop", p.markup, None,
+                                  'tool-call markup in a round that offers no tools (tool_choice "none"): '
+                                  "not run, not spoken")
+            return
+        if type(p) is BadCall:
+            if not p.closed and not p.body.strip():
+                return  # an opening tag the round ended right after: nothing to run or say
+            items: Sequence[ParsedCall] = [ParsedCall("", "", p.body, p.error)]
+        else:
+            items = p.calls  # type: ignore[union-attr]
+        for c in items:
+            call = ToolCall(id=_new_id(), name=c.name or "invalid_call",
+                            arguments=c.raw if c.error else c.arguments,
+                            session_id=ev.session_id, turn_id=ev.turn_id)
+            if c.error:
+                self.errors[call.id] = _how_to_call(c.error)
+            self.calls.append(call)
+            out.append(call)
+
+
 def _how_to_call(error: str) -> str:
     return (f"{error}. Write calls as "
             f'{HERMES.open}{{"name": "<tool>", "arguments": {{...}}}}{HERMES.close}')
@@ -323,7 +399,7 @@ class ToolCalling(Middleware):
                  timeout: float = 30.0, max_rounds: int = 4,
                  filler: str | None = "One moment…", filler_after: float = 1.0,
                  confirm: ConfirmPolicy | None = None,
-                 formats: Sequence[TagFormat] = (HERMES,),
+                 formats: Sequence[MarkupFormat] = (HERMES,),
                  router: Any = None, constrain: bool = True, few_shot: bool = True,
                  return_direct: Iterable[str] = (),
                  error_apology: str = "Sorry, I couldn't do that.",
@@ -354,7 +430,9 @@ class ToolCalling(Middleware):
         self.return_direct = frozenset(return_direct)
         self.error_apology = error_apology
         # The hot path checks one character: the first of every opening tag.
-        self._open_chars = "".join(sorted({f.open[0] for f in self.formats}))
+        self._open_chars = "".join(sorted({c for f in self.formats for c in f.starts}))
+        # One literal tag: a '<' is plain unless the tag is there or may start at the end.
+        self._open_tag = self.formats[0].literal if len(self.formats) == 1 else None
 
     def warm_up(self, agent: Any = None) -> bool:
         """Load what the first routed turn would load (the router's embedding model, the
@@ -385,11 +463,12 @@ class ToolCalling(Middleware):
         reg = getattr(ctx.agent, "tools", None)
         return reg if isinstance(reg, ToolRegistry) else ToolRegistry()
 
-    async def _route(self, ctx: TurnContext, registry: ToolRegistry) -> None:
-        """Before the first round: let the router pick a tool and shape the request."""
+    async def _route(self, ctx: TurnContext, registry: ToolRegistry) -> bool:
+        """Before the first round: let the router pick a tool and shape the request.
+        Returns True when the round offers no tool (the router found none)."""
         users = [m for m in ctx.messages if m.role == "user"]
         if not users or not len(registry):
-            return
+            return False
         user = users[-1]
         earlier = users[-2].text if len(users) > 1 else None
         t0 = monotonic()
@@ -409,7 +488,7 @@ class ToolCalling(Middleware):
             opts.tool_choice = "none"
             ctx.trace.record(self.label, "input", "route", user.text, None,
                              "no tool matches the request")
-            return
+            return True
         name, score = pick
         ctx.trace.record(self.label, "input", "route", user.text, name,
                          f"router picked {name!r} (similarity {score:.2f})")
@@ -423,36 +502,28 @@ class ToolCalling(Middleware):
                 return with_tool_examples(with_calls_as_text(messages), registry, focus=name)
 
             opts.prompt = prompt
+        return False
 
     # ------------------------------------------------------------------ the stream
 
-    async def stream(self, events: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:  # noqa: C901
+    async def stream(self, events: AsyncIterator[Event], ctx: TurnContext) -> AsyncIterator[Event]:
         registry = self._registry(ctx)
+        st = _TurnCalls(self, ctx, no_tools=not len(registry))
         if self.router is not None and ctx.round == 0:
             try:
-                await self._route(ctx, registry)
+                st.tools_off = await self._route(ctx, registry) or st.no_tools
             except Exception as e:  # noqa: BLE001 - a failed router leaves the turn unrouted
                 ctx.trace.error(f"middleware:{self.label}", f"router failed: {type(e).__name__}: {e}")
-        parser = TextCallParser(self.formats) if self.formats else None
         open_chars = self._open_chars
-        single = open_chars if len(self.formats) == 1 else None
-        open_tag = self.formats[0].open if single is not None else ""
-        rounds = 0
-        filler_said = False
-        said: list[str] = []          # this round's text before its first call
-        calls: list[ToolCall] = []    # this round's calls, in order
-        errors: dict[str, str] = {}   # call id -> why its markup was not a valid call
-        dropped: list[str] = []       # text after a call, not passed on
-        guard: str | None = None      # text said before the previous round's calls
-        guard_buf = ""
-        echo: _ErrorEcho | None = None  # the previous round's tool errors, not to be read out
-        plain = True                  # nothing held, no call yet, no guard: the fast path
-
+        open_tag = self._open_tag
+        single = open_tag[0] if open_tag else None
+        said = st.said  # the round's text before its first call (cleared, never replaced)
+        plain = True    # nothing held, no call yet, no guard: the fast path
         async for ev in events:
             t = type(ev)
             if t is TextDelta:
-                text = ev.text
                 if plain:
+                    text = ev.text
                     if single is not None:
                         # A '<' that neither opens a tag here nor may start one at the end
                         # of this chunk is plain text too.
@@ -464,173 +535,87 @@ class ToolCalling(Middleware):
                         said.append(text)
                         yield ev
                         continue
-                pieces: list[Any] = parser.feed(text) if parser is not None else [text]
-                for p in pieces:
-                    if type(p) is str:
-                        if calls:
-                            dropped.append(p)
-                            continue
-                        if echo is not None:
-                            p = echo.feed(p)
-                            if echo.decided:
-                                for out in self._after_echo(echo, ctx, ev):
-                                    said.append(out.text)
-                                    yield out
-                                if not echo.echoed:
-                                    echo = None
-                            if not p:
-                                continue
-                        if guard is not None:
-                            guard_buf += p
-                            k = _match_said(guard_buf, guard)
-                            if k is None:
-                                continue  # may still be a repetition: hold
-                            if k >= 0:
-                                ctx.trace.record(self.label, "stream", "drop",
-                                                 guard_buf[:k], None,
-                                                 "repeats what was said before the tool call")
-                                p = guard_buf[k:]
-                            else:
-                                p = guard_buf
-                            guard, guard_buf = None, ""
-                            if not p:
-                                continue
-                        said.append(p)
-                        yield TextDelta(p, session_id=ev.session_id, turn_id=ev.turn_id, ts=ev.ts)
-                    else:
-                        call = ToolCall(id=_new_id(), name=p.name, arguments=p.arguments,
-                                        session_id=ev.session_id, turn_id=ev.turn_id)
-                        if p.error:
-                            errors[call.id] = _how_to_call(p.error)
-                            call.name = p.name or "invalid_call"
-                            call.arguments = p.raw
-                        calls.append(call)
-                        yield call
-                plain = parser is None or parser.idle
-                plain = plain and not calls and guard is None and echo is None
+                for out in st.text(ev):
+                    yield out
+                plain = st.plain
             elif t is ToolCall:
-                if parser is not None and not parser.idle and not calls:
-                    for p in parser.flush():  # held text before a native call is text
-                        if type(p) is str:
-                            said.append(p)
-                            yield TextDelta(p, session_id=ev.session_id, turn_id=ev.turn_id)
-                if guard_buf and not calls:  # held as a possible repetition: it was not one
-                    said.append(guard_buf)
-                    yield TextDelta(guard_buf, session_id=ev.session_id, turn_id=ev.turn_id)
-                guard, guard_buf = None, ""
-                if not ev.id:
-                    ev.id = _new_id()
-                calls.append(ev)
+                for out in st.native(ev):
+                    yield out
                 plain = False
-                yield ev
             elif t is RoundEnd:
-                if parser is not None:
-                    for p in parser.flush():
-                        if type(p) is str:
-                            if calls:
-                                dropped.append(p)
-                            elif guard is not None:
-                                guard_buf += p
-                            else:
-                                said.append(p)
-                                yield TextDelta(p, session_id=ev.session_id, turn_id=ev.turn_id)
-                        else:
-                            call = ToolCall(id=_new_id(), name=p.name or "invalid_call",
-                                            arguments=p.arguments if not p.error else p.raw,
-                                            session_id=ev.session_id, turn_id=ev.turn_id)
-                            if p.error:
-                                errors[call.id] = _how_to_call(p.error)
-                            calls.append(call)
-                            yield call
-                if echo is not None:
-                    rest = echo.finish()
-                    for out in self._after_echo(echo, ctx, ev):
-                        said.append(out.text)
-                        yield out
-                    if echo.echoed:
-                        ctx.trace.record(self.label, "stream", "replace", echo.held, self.error_apology,
-                                         "the Thinker repeated a tool's error; the user hears an "
-                                         "apology")
-                    if rest and not calls:
-                        said.append(rest)
-                        yield TextDelta(rest, session_id=ev.session_id, turn_id=ev.turn_id)
-                    echo = None
-                if guard_buf:
-                    # The round ended while its text still matched part of what was said:
-                    # a partial repetition is still the model's answer; let it through.
-                    said.append(guard_buf)
-                    yield TextDelta(guard_buf, session_id=ev.session_id, turn_id=ev.turn_id)
-                guard, guard_buf = None, ""
-                if dropped and "".join(dropped).strip():
-                    ctx.trace.record(self.label, "stream", "drop", "".join(dropped), None,
-                                     "text after a tool call in the same round is not spoken; "
-                                     "the answer follows the tool results")
-                dropped = []
-                if not calls:
-                    said, plain = [], True
-                    yield ev
-                    continue
-                # Rule 1: the round's end goes on first, so its text is spoken now.
-                yield ev
-                rounds += 1
-                text_before = "".join(said)
-                round_calls, round_errors = calls, errors
-                calls, errors, said = [], {}, []
-                if rounds > self.max_rounds + 1:
-                    # The Thinker was told to answer without tools and called again.
-                    msg = (f"the Thinker kept calling tools after the limit of {self.max_rounds} "
-                           "tool rounds; the turn ends here")
-                    ctx.trace.error(f"middleware:{self.label}", msg)
-                    yield ErrorEvent(message=msg, stage="tools", session_id=ctx.session_id,
-                                     turn_id=ctx.turn_id)
-                    plain = True
-                    continue
-                results: dict[str, ToolResult] = {}
-                over = rounds > self.max_rounds
-                quiet = not filler_said and not text_before.strip()
-                running = self._run_round(round_calls, round_errors, registry, ctx, rounds, over,
-                                          quiet, results)
-                try:
-                    async for out in running:
-                        if type(out) is Utterance:
-                            filler_said = True
-                        yield out
-                finally:
-                    # Closing this stream (barge-in, consumer gone) must reach the tasks.
-                    await running.aclose()
-                exchange = ([Message("assistant", text_before, tool_calls=[
-                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in round_calls])]
-                    + [Message("tool", results[c.id].content, tool_call_id=c.id, name=c.name)
-                       for c in round_calls])
-                exchange.extend(self._media(round_calls, results, ctx))
-                if not over and self._direct(round_calls, results, registry):
-                    # Rule 6: the results are the answer; the turn ends with them.
-                    ctx.messages.extend(exchange)  # remembered with the turn, no new round
-                    answer = " ".join(results[c.id].content.strip() for c in round_calls)
-                    ctx.trace.record(self.label, "stream", "return_direct", None, answer,
-                                     "the result of " + ", ".join(c.name for c in round_calls)
-                                     + " is the answer: no second Thinker round")
-                    yield TextDelta(answer, session_id=ctx.session_id, turn_id=ctx.turn_id)
-                    yield RoundEnd(round=ev.round, session_id=ctx.session_id, turn_id=ctx.turn_id)
-                    plain = True
-                    continue
-                ctx.continue_with(exchange)
-                failed = [results[c.id].content for c in round_calls if results[c.id].is_error]
-                if failed and self.error_apology:
-                    echo = _ErrorEcho(failed)
-                if over or self.router is not None:
-                    # After the limit, or when a router decided for a small model: answer now.
-                    nxt = ctx.next_round()
-                    nxt.tool_choice = "none"
-                    if self.router is not None:
-                        from omni_agent.tools.prompting import with_calls_as_text
-
-                        nxt.prompt = with_calls_as_text
-                if text_before.strip():
-                    guard = text_before
-                plain = guard is None and echo is None and (parser is None or parser.idle)
+                async for out in self._end_round(st, ev, registry, ctx):
+                    yield out
+                plain = st.plain
             else:
                 yield ev
+
+    async def _end_round(self, st: "_TurnCalls", ev: RoundEnd, registry: ToolRegistry,
+                         ctx: TurnContext) -> AsyncIterator[Event]:
+        """A Thinker round ended: release its text, run its calls (rules 1, 5, 6) and ask
+        for the next round."""
+        for out in st.end_text(ev):
+            yield out
+        calls, errors = st.calls, st.errors
+        st.tools_off = st.no_tools  # the next round offers the tools, unless said below
+        if not calls:
+            st.said.clear()
+            yield ev
+            return
+        # Rule 1: the round's end goes on first, so its text is spoken now.
+        yield ev
+        st.rounds += 1
+        rounds = st.rounds
+        text_before = "".join(st.said)
+        st.said.clear()
+        st.calls, st.errors = [], {}
+        if rounds > self.max_rounds + 1:
+            # The Thinker was told to answer without tools and called again.
+            msg = (f"the Thinker kept calling tools after the limit of {self.max_rounds} "
+                   "tool rounds; the turn ends here")
+            ctx.trace.error(f"middleware:{self.label}", msg)
+            yield ErrorEvent(message=msg, stage="tools", session_id=ctx.session_id, turn_id=ctx.turn_id)
+            return
+        results: dict[str, ToolResult] = {}
+        over = rounds > self.max_rounds
+        quiet = not st.filler_said and not text_before.strip()
+        running = self._run_round(calls, errors, registry, ctx, rounds, over, quiet, results)
+        try:
+            async for out in running:
+                if type(out) is Utterance:
+                    st.filler_said = True
+                yield out
+        finally:
+            # Closing this stream (barge-in, consumer gone) must reach the tasks.
+            await running.aclose()
+        exchange = ([Message("assistant", text_before, tool_calls=[
+            {"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls])]
+            + [Message("tool", results[c.id].content, tool_call_id=c.id, name=c.name) for c in calls])
+        exchange.extend(self._media(calls, results, ctx))
+        if not over and self._direct(calls, results, registry):
+            # Rule 6: the results are the answer; the turn ends with them.
+            ctx.messages.extend(exchange)  # remembered with the turn, no new round
+            answer = " ".join(results[c.id].content.strip() for c in calls)
+            ctx.trace.record(self.label, "stream", "return_direct", None, answer,
+                             "the result of " + ", ".join(c.name for c in calls)
+                             + " is the answer: no second Thinker round")
+            yield TextDelta(answer, session_id=ctx.session_id, turn_id=ctx.turn_id)
+            yield RoundEnd(round=ev.round, session_id=ctx.session_id, turn_id=ctx.turn_id)
+            return
+        ctx.continue_with(exchange)
+        failed = [results[c.id].content for c in calls if results[c.id].is_error]
+        if failed and self.error_apology:
+            st.echo = _ErrorEcho(failed)
+        if over or self.router is not None:
+            # After the limit, or when a router decided for a small model: answer now.
+            nxt = ctx.next_round()
+            nxt.tool_choice = "none"
+            st.tools_off = True
+            if self.router is not None:
+                from omni_agent.tools.prompting import with_calls_as_text
+
+                nxt.prompt = with_calls_as_text
+        if text_before.strip():
+            st.guard = text_before
 
     @staticmethod
     def _media(calls: list[ToolCall], results: dict[str, ToolResult], ctx: TurnContext) -> list[Message]:

@@ -42,9 +42,10 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
 from ..events import Event, Finish, TextDelta
+from ..markup_protocol import TextRouter
 from ..thinker import ThinkerRequest
 from .chat import GenerationWorker, chat_messages, check_input
-from .transformers import EMBEDDED_NAME, _TextRouter, default_cache_dir, embedded_gguf_path
+from .transformers import EMBEDDED_NAME, default_cache_dir, embedded_gguf_path
 
 __all__ = ["LlamaCppThinker", "llama_cpp_available", "LLAMA_CPP_MISSING"]
 
@@ -361,7 +362,7 @@ class LlamaCppThinker:
             if matcher.is_error():
                 raise ThinkerError(f"invalid grammar for this request: {matcher.get_error()}")
         parse_tools = bool(request.tools) and request.tool_choice != "none"
-        router = _TextRouter(stop_strings=list(s.stop), parse_tools=parse_tools)
+        router = TextRouter(stop_strings=list(s.stop), parse_tools=parse_tools)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         rng = np.random.default_rng(s.seed)
         want_logprobs = request.logprobs is not None

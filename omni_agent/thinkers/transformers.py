@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..errors import ConfigError, ModelNotFoundError, ThinkerError, UnsupportedInputError
-from ..events import Event, Finish, ReasoningDelta, TextDelta, ToolCall
+from ..events import Event, Finish, TextDelta
+from ..markup_protocol import TextRouter
 from ..thinker import ThinkerRequest
 from .chat import GenerationWorker, chat_messages, check_input, template_tool_fields  # noqa: F401 - re-exported
 from .structured import response_format_constraint, tool_choice_constraint
@@ -485,8 +486,8 @@ class TransformersThinker:
             if made is not None:
                 processors.extend(made if isinstance(made, (list, tuple)) else [made])
 
-        router = _TextRouter(stop_strings=list(s.stop),
-                             parse_tools=bool(request.tools) and request.tool_choice != "none")
+        router = TextRouter(stop_strings=list(s.stop),
+                            parse_tools=bool(request.tools) and request.tool_choice != "none")
         streamer = _Streamer(tok, router, emit, stop, recorder)
 
         class _Halt(StoppingCriteria):
@@ -506,7 +507,7 @@ class TransformersThinker:
                     prompt_tokens=int(n_prompt), completion_tokens=streamer.tokens))
 
     @staticmethod
-    def _finish_reason(router: "_TextRouter", streamer: "_Streamer", max_new: int,
+    def _finish_reason(router: TextRouter, streamer: "_Streamer", max_new: int,
                        eos: Any) -> str:
         """OpenAI's finish_reason: a call made, else cut by the token limit, else stop."""
         if router.n_calls:
@@ -552,7 +553,7 @@ class _Streamer:
     across tokens are emitted only when complete.
     """
 
-    def __init__(self, tokenizer: Any, router: "_TextRouter", emit: Callable[[Any], None],
+    def __init__(self, tokenizer: Any, router: TextRouter, emit: Callable[[Any], None],
                  stop: threading.Event, logprobs: "_LogprobRecorder | None" = None):
         self.tok = tokenizer
         self.router = router
@@ -650,106 +651,6 @@ class _LogprobRecorder:
         return out
 
 
-class _TextRouter:
-    """Turns raw generated text into events.
-
-    * text inside ``<think>...</think>`` becomes :class:`ReasoningDelta`;
-    * with ``parse_tools``, ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
-      (the Hermes/Qwen format many chat templates teach) becomes :class:`ToolCall`;
-    * generation ends at the first stop string, which is not emitted.
-
-    Text that might be the start of a tag or stop string is held until it is decided.
-    """
-
-    THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-    TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
-
-    def __init__(self, stop_strings: list[str] | None = None, parse_tools: bool = False):
-        self.stops = [s for s in (stop_strings or []) if s]
-        self.parse_tools = parse_tools
-        self.buf = ""
-        self.mode = "text"  # text | think | tool
-        self.done = False
-        self.n_calls = 0
-
-    def _markers(self) -> list[str]:
-        if self.mode == "think":
-            return [self.THINK_CLOSE]
-        if self.mode == "tool":
-            return [self.TOOL_CLOSE]
-        ms = [self.THINK_OPEN] + self.stops
-        if self.parse_tools:
-            ms.append(self.TOOL_OPEN)
-        return ms
-
-    def _out(self, text: str) -> list[Event]:
-        if not text:
-            return []
-        if self.mode == "think":
-            return [ReasoningDelta(text)]
-        return [TextDelta(text)]
-
-    def feed(self, delta: str) -> list[Event]:
-        """Take the next piece of generated text; return the events it completes."""
-        if self.done:
-            return []
-        self.buf += delta
-        out: list[Event] = []
-        while self.buf and not self.done:
-            markers = self._markers()
-            hits = [(self.buf.find(m), m) for m in markers]
-            hits = [(i, m) for i, m in hits if i >= 0]
-            if hits:
-                i, m = min(hits)
-                before, self.buf = self.buf[:i], self.buf[i + len(m):]
-                if self.mode == "tool":
-                    out.extend(self._tool(before))
-                    self.mode = "text"
-                    continue
-                out.extend(self._out(before))
-                if m == self.THINK_OPEN:
-                    self.mode = "think"
-                elif m == self.THINK_CLOSE:
-                    self.mode = "text"
-                    self.buf = self.buf.lstrip("\n")
-                elif m == self.TOOL_OPEN:
-                    self.mode = "tool"
-                else:  # a stop string
-                    self.done = True
-                    self.buf = ""
-                continue
-            if self.mode == "tool":
-                break  # keep collecting the call
-            # Emit all but a tail that could still grow into a marker.
-            hold = 0
-            for m in markers:
-                for k in range(min(len(m) - 1, len(self.buf)), 0, -1):
-                    if self.buf.endswith(m[:k]):
-                        hold = max(hold, k)
-                        break
-            cut = len(self.buf) - hold
-            out.extend(self._out(self.buf[:cut]))
-            self.buf = self.buf[cut:]
-            break
-        return out
-
-    def _tool(self, body: str) -> list[Event]:
-        try:
-            obj = json.loads(body.strip())
-            name = obj["name"]
-            args = obj.get("arguments", obj.get("parameters", {}))
-        except (ValueError, KeyError, TypeError):
-            # Not a valid call: keep what the model wrote as text rather than lose it.
-            return [TextDelta(f"{self.TOOL_OPEN}{body}{self.TOOL_CLOSE}")]
-        self.n_calls += 1
-        return [ToolCall(id=f"call_{uuid.uuid4().hex[:12]}", name=str(name),
-                         arguments=args if isinstance(args, str) else json.dumps(args))]
-
-    def finish(self) -> list[Event]:
-        """Flush held text at the end of generation."""
-        if self.done:
-            return []
-        rest, self.buf = self.buf, ""
-        if self.mode == "tool":
-            return [TextDelta(self.TOOL_OPEN + rest)] if rest else []
-        return self._out(rest)
+# The text router is the core's (one markup parser for every backend); the old private
+# name stays for the backends and tests that import it from here.
+_TextRouter = TextRouter
