@@ -81,20 +81,26 @@ class Ears:
         self._lock = threading.Lock()  # one recognition at a time per model
         self.last_timings: dict[str, float] = {}
 
-    async def transcribe(self, part: AudioPart) -> str:
-        """The words spoken in an audio part (runs in a worker thread)."""
+    async def transcribe(self, part: AudioPart, *, prompt: str | None = None) -> str:
+        """The words spoken in an audio part (runs in a worker thread).
+
+        ``prompt``: text said just before this audio (e.g. the previous segments of the
+        same turn); whisper continues it, which keeps names, casing and the sentence
+        going across a cut. It is not part of the returned text.
+        """
         samples = await asyncio.to_thread(audio_part_samples, part, SAMPLE_RATE,
                                           max_seconds=self.max_seconds)
-        return await asyncio.to_thread(self.transcribe_samples, samples)
+        return await asyncio.to_thread(self.transcribe_samples, samples, prompt=prompt)
 
     def transcribe_file(self, path: str | Path) -> str:
         """Synchronously transcribe an audio file (any common format)."""
         return self.transcribe_samples(audio_part_samples(AudioPart(url=str(path)), SAMPLE_RATE,
                                                           max_seconds=self.max_seconds))
 
-    def transcribe_samples(self, samples: np.ndarray) -> str:
+    def transcribe_samples(self, samples: np.ndarray, *, prompt: str | None = None) -> str:
         """Synchronously transcribe float32 mono samples at 16 kHz.
 
+        ``prompt``: text said just before this audio (see :meth:`transcribe`).
         Raises :class:`AudioInputError` when the VAD hears no speech in it.
         """
         with self._lock:
@@ -109,7 +115,8 @@ class Ears:
             t1 = perf_counter()
             segments, _info = self._model.transcribe(
                 speech, language=self.language, beam_size=self.beam_size, vad_filter=False,
-                condition_on_previous_text=False, without_timestamps=True)
+                condition_on_previous_text=False, without_timestamps=True,
+                initial_prompt=prompt or None)
             text = " ".join(s.text.strip() for s in segments).strip()
             t2 = perf_counter()
             self.last_timings = {"vad": t1 - t0, "asr": t2 - t1,
