@@ -157,7 +157,7 @@ async def test_a_draft_whose_transcript_changed_is_cancelled_unspoken_and_forgot
 async def test_a_kept_draft_is_sent_only_after_the_end_of_turn():
     agent, talker = voice_agent()
     live, out = await start(agent)
-    await speak(live, silence(0.2) + said(0.8, TIME) + silence(0.6))
+    await speak(live, silence(0.2) + said(0.8, TIME) + silence(1.0))
     await out.wait_for("turn_end", timeout=10)
     kinds = out.kinds()
     assert kinds.index("speech_stopped") < kinds.index("user_turn") < kinds.index("utterance")
@@ -178,7 +178,7 @@ async def test_barge_in_cancels_a_kept_draft_within_100_ms():
     agent.thinker.delay = 0.05
     agent.thinker.replies = [[w + " " for w in ("Once upon a time there was a fox. " * 30).split()]]
     live, out = await start(agent)
-    await speak(live, silence(0.2) + said(0.8, STORY) + silence(0.6))
+    await speak(live, silence(0.2) + said(0.8, STORY) + silence(1.0))
     await out.wait_for("utterance", timeout=10)
     await speak(live, said(0.4, STORY))
     inter = await out.wait_for("interruption", timeout=5)
