@@ -134,8 +134,8 @@ class LiveConfig(BaseModel):
       speech is ignored (half duplex, e.g. loudspeakers without echo cancellation).
     * ``min_speech_ms`` — speech at least this long starts a user turn.
     * ``min_interrupt_ms`` — speech at least this long, while the agent talks, interrupts.
-    * ``end_silence_ms`` — this much silence after speech ends the user's turn when the
-      semantic end of turn is off or has no transcript to judge.
+    * ``end_silence_ms`` — this much silence after speech ends the user's turn, unless
+      the semantic end of turn has judged the words by then (or it is off).
     * ``semantic_turn`` — judge the end of turn from the transcript too: a complete
       sentence ends it after ``min_end_silence_ms``, an unfinished one waits up to
       ``max_end_silence_ms``.
@@ -456,7 +456,20 @@ class LiveSession:
             raise OmniAgentError("this live session is already running")
         self._stack = contextlib.AsyncExitStack()
         self._tg = await self._stack.enter_async_context(task_group())
+        if self.config.semantic_turn and self.turn_detector is None:
+            # Loaded now, off the loop, so the first pause is judged without the load.
+            self._tg.start_soon(self._load_detector)
         return self
+
+    async def _load_detector(self) -> None:
+        try:
+            detector = await anyio.to_thread.run_sync(_default_detector)
+        except Exception as e:  # noqa: BLE001 - without it the silence rule ends turns
+            log.warning("live session: the turn detector could not be loaded (%s); "
+                        "turns end after end_silence_ms of silence", e)
+            return
+        if self.turn_detector is None:
+            self.turn_detector = detector
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         tg, stack = self._tg, self._stack
@@ -517,10 +530,10 @@ class LiveSession:
                                                   dtype="int16")
 
     def _undecided_wait(self) -> float:
-        """The silence that ends a turn before (or without) a semantic judgement."""
-        cfg = self.config
-        return float(max(cfg.end_silence_ms, cfg.max_end_silence_ms) if self._judges()
-                     else cfg.end_silence_ms)
+        """The silence that ends a turn before (or without) a semantic judgement: the plain
+        silence rule. A judgement that comes in time shortens it (a complete sentence) or
+        lengthens it (an unfinished one), so a slow machine is never slower than silence."""
+        return float(self.config.end_silence_ms)
 
     def _judges(self) -> bool:
         """Whether this session decides the end of turn from the transcript."""
@@ -590,6 +603,10 @@ class LiveSession:
             return
         self._gap.append(frame)
         if kind == "pause":
+            if self._judges() and self._ep is not None:
+                # A judgement is coming: the turn waits for it rather than for the clock.
+                self._ep.end_silence_ms = float(max(self.config.end_silence_ms,
+                                                    self.config.max_end_silence_ms))
             if listen.ears is not None:
                 for f in self._gap:  # the pause's silence ends the segment cleanly
                     listen.ears.append(f)
@@ -613,7 +630,12 @@ class LiveSession:
 
     async def _on_pause(self, listen: _Listen, gen: int) -> None:
         """At a pause: transcribe what is new, tell the client, judge whether the turn is
-        over and, when it looks over, start a draft of the agent's turn."""
+        over and, when it looks over, start a draft of the agent's turn.
+
+        While the judgement is pending the turn waits for it (up to ``max_end_silence_ms``
+        of silence); without one (no words yet, semantic end of turn off, a failure) the
+        plain ``end_silence_ms`` rule applies again."""
+        judged = False
         try:
             text = await self._transcribe_pending(listen)
             if self._listen is not listen:
@@ -622,33 +644,38 @@ class LiveSession:
                 listen.interim = text
                 await self._outbox.put({"type": "transcript", "text": text, "final": False,
                                         "turn_id": None})
-            if listen.gen != gen:
-                return  # the user went on speaking: judged at the next pause
-            if not text:
-                # Too short to transcribe alone (it is merged with what follows): nothing
-                # to judge yet, so the plain silence rule ends a short "yes" at once.
-                assert self._ep is not None
-                self._ep.end_silence_ms = self.config.end_silence_ms
-                return
-            if not self._judges():
-                return
+            if listen.gen != gen or not text or not self._judges():
+                return  # resumed (judged at the next pause), too short alone, or no judge
             p = await self._end_probability(text)
             if listen.gen != gen or self._listen is not listen:
                 return
-            wait = self._wait_for(p)
-            listen.p_end, listen.wait_ms, listen.detector = p, wait, "semantic"
-            listen.model = getattr(self.turn_detector, "name", type(self.turn_detector).__name__)
-            ep = self._ep
-            assert ep is not None
-            ep.end_silence_ms = wait
-            if ep.speaking and ep.silence_ms >= wait:
-                ep.end()
-                self._end_speech("semantic")
-                return
-            if self.config.preemptive and wait <= self.config.min_end_silence_ms + 1:
-                self._start_draft(listen, text)
+            judged = True
+            self._apply_judgement(listen, text, p)
         except Exception as e:  # noqa: BLE001 - a failed interim step must not end the session
             log.warning("live session: interim recognition failed: %s", e)
+        finally:
+            if not judged and listen.gen == gen and self._listen is listen:
+                self._set_end_wait(float(self.config.end_silence_ms), "silence")
+
+    def _apply_judgement(self, listen: _Listen, text: str, p: float) -> None:
+        wait = self._wait_for(p)
+        listen.p_end, listen.wait_ms, listen.detector = p, wait, "semantic"
+        listen.model = getattr(self.turn_detector, "name", type(self.turn_detector).__name__)
+        if self._set_end_wait(wait, "semantic"):
+            return
+        if self.config.preemptive and wait <= self.config.min_end_silence_ms + 1:
+            self._start_draft(listen, text)
+
+    def _set_end_wait(self, wait: float, detector: str) -> bool:
+        """Set the silence that ends this turn; ends it now (True) if that much has passed."""
+        ep = self._ep
+        assert ep is not None
+        ep.end_silence_ms = wait
+        if ep.speaking and ep.silence_ms >= wait:
+            ep.end()
+            self._end_speech(detector)
+            return True
+        return False
 
     async def _transcribe_pending(self, listen: _Listen) -> str:
         if listen.ears is None:
