@@ -340,7 +340,9 @@ class LlamaCppThinker:
         except Exception as e:  # noqa: BLE001 - reported as the Thinker's failure
             raise ThinkerError(f"{self.model_name} failed while generating: {e}") from e
 
-    def _run(self, request: ThinkerRequest, send: Callable[[Any], bool],
+    # The token loop: each branch is one per-token step (stop, grammar, sample, route,
+    # logprobs); split into methods it would pay a call per step per token on the hot path.
+    def _run(self, request: ThinkerRequest, send: Callable[[Any], bool],  # noqa: C901
              stop: threading.Event) -> None:
         import numpy as np
 
