@@ -73,7 +73,7 @@ from .events import (
 )
 from .playback import ReplyAudio, heard_text
 from .tasks import task_group
-from .vad import VAD, EnergyVAD, Endpointer, VADStream, default_vad
+from .vad import VAD, Endpointer, EnergyVAD, VADStream, default_vad
 
 __all__ = [
     "LiveConfig",
@@ -753,7 +753,7 @@ class LiveSession:
         listen, self._listen = self._listen, None
         self._gap = []
         times = _TurnTimes(self._t_voiced, self.speech_end_ms)
-        decision = listen.decision() if listen is not None else {"detector": detector}
+        decision: dict[str, Any] = listen.decision() if listen is not None else {"detector": detector}
         if detector == "push" or decision["detector"] != "semantic":
             # Ended by the client, or by silence with no judgement in force.
             decision["detector"] = detector

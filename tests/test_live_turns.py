@@ -8,7 +8,6 @@ runs it all for real: silero VAD, whisper, the embedded turn detector, Piper spe
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
 import pytest

@@ -26,8 +26,18 @@ import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import ConfigError, OmniAgentError
 from ..events import AudioChunk, Event, UserTurn, event_to_dict

@@ -25,9 +25,20 @@ from .. import otel
 from ..errors import AudioInputError, ConfigError, OmniAgentError
 from ..events import AudioChunk
 from ..live import LiveConfig, LiveSession
-from .live_protocol import (Audio, Command, ConfigureMessage, EndTurnMessage, InterruptMessage,
-                            LiveProtocol, PingMessage, PlaybackMessage, ProtocolError, TextMessage,
-                            apply_settings, parse_connect)
+from .live_protocol import (
+    Audio,
+    Command,
+    ConfigureMessage,
+    EndTurnMessage,
+    InterruptMessage,
+    LiveProtocol,
+    PingMessage,
+    PlaybackMessage,
+    ProtocolError,
+    TextMessage,
+    apply_settings,
+    parse_connect,
+)
 from .sockets import LIVE_REFUSAL_CLOSE, WS_INTERNAL, WS_POLICY, WS_TRY_LATER, dumps, is_disconnect
 
 if TYPE_CHECKING:
