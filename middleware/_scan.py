@@ -10,6 +10,8 @@ clause).
 "Could still be the start of a pattern" is decided by partial regular-expression
 matching from the ``regex`` package (``partial=True``): it answers exactly that question
 for any pattern, so each filter only states its patterns and a validator.
+(:func:`partial_start` lives in the core, :mod:`omni_agent.text`, since the markup parser
+uses it too; it is re-exported here.)
 
 Filters match the normalised text (:mod:`.normalize`: NFKC, invisible characters
 removed, look-alike punctuation folded) and replace the original: a
@@ -22,12 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Protocol
 
-import regex
-
 from omni_agent.bus import RoundEnd
 from omni_agent.events import ToolCall, ToolResult, Utterance
-
-from .normalize import Normalized, is_normal, normalize, visible
+from omni_agent.text import Normalized, is_normal, normalize, partial_start, visible
 
 __all__ = ["Finding", "Scanner", "NormalizedScanner", "StreamHold", "partial_start", "apply_findings",
            "held_stream"]
@@ -92,32 +91,6 @@ class NormalizedScanner:
         if n is None:
             return self.hold_from_normalized(text, pos)
         return max(pos, n.start(self.hold_from_normalized(n.text, n.index(pos))))
-
-
-def partial_start(candidates: regex.Pattern[str], text: str, pos: int = 0, *,
-                  starts: regex.Pattern[str] | None = None, window: int = 256) -> int:
-    """Earliest index >= ``pos`` from which ``text`` could still grow into a match of
-    ``candidates``: ``text[i:]`` is a partial match, or a complete one that reaches the
-    end (more text could extend it). ``len(text)`` when there is none.
-
-    Each position is tried with ``fullmatch(partial=True)``, which answers exactly that.
-    (A plain ``finditer(partial=True)`` is not enough: ``regex`` prefers a complete match
-    found later in the string to a partial one found earlier, so "DE89 3" — an IBAN in
-    progress — hides behind the complete number "3".) Only the last ``window``
-    characters are tried: no pattern in progress is longer. ``starts``, a zero-width
-    pattern, limits the tries to positions where a match can begin (word starts, "<").
-    """
-    n = len(text)
-    lo = max(pos, n - window)
-    if starts is None:
-        positions: Iterable[int] = range(lo, n)
-    else:
-        positions = (m.start() for m in starts.finditer(text, lo))
-    fullmatch = candidates.fullmatch
-    for i in positions:
-        if fullmatch(text, i, partial=True) is not None:
-            return i
-    return n
 
 
 class StreamHold:

@@ -22,8 +22,9 @@ A tag is matched as what it looks like, not as one spelling: in any case, with s
 inside (``< think >``, ``</ tool_call >``), with attributes (``<think type="plan">``), on
 the normalised text (:mod:`.normalize`), so a zero-width or fullwidth character in a tag
 name hides nothing; ``<thinking is fun>`` (no attribute syntax) stays text. Invisible
-characters do not pass the guard. :func:`find_markup` and :func:`escape_markup` use the
-same grammar for text that must not act (retrieved documents).
+characters do not pass the guard. :func:`find_markup` and :func:`escape_markup` (the core's,
+from :mod:`omni_agent.markup_protocol`, re-exported here) use the same grammar for text that
+must not act (retrieved documents).
 
 The markup is parsed by the one sans-IO parser of the core,
 :class:`omni_agent.markup_protocol.MarkupParser`, with every format family it knows
@@ -37,22 +38,32 @@ held until it closes (and then never released). Every removal is in the trace.
 
 from __future__ import annotations
 
-import json
 from typing import AsyncIterator, Literal
-
-import regex
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext
 from omni_agent.errors import ConfigError
 from omni_agent.events import Event, ReasoningDelta, TextDelta, ToolCall, ToolResult, Utterance
-from omni_agent.markup_protocol import (GUARD_FORMATS, JSON_CALLS, BadCall, Dropped, Grammar, MarkupEvent,
-                                        MarkupParser, Reasoning, Text, ToolCalls, is_call, read_calls)
+from omni_agent.markup_protocol import (
+    GUARD_FORMATS,
+    BadCall,
+    Dropped,
+    Grammar,
+    MarkupEvent,
+    MarkupParser,
+    Reasoning,
+    Text,
+    ToolCalls,
+    escape_markup,
+    find_markup,
+    read_calls,
+)
 
-from .normalize import normalize, visible
+from .normalize import visible
 
 __all__ = ["MarkupGuard", "parse_tool_calls", "find_markup", "escape_markup"]
 
-# The grammar MarkupGuard, find_markup and escape_markup share (see markup_protocol).
+# The grammar MarkupGuard parses with; find_markup and escape_markup (the core's, re-exported
+# here) use the same one.
 _GUARD = Grammar.of(GUARD_FORMATS)
 
 
@@ -67,76 +78,6 @@ def parse_tool_calls(text: str, name: str | None = None) -> list[tuple[str, str]
     (The reader is :func:`omni_agent.markup_protocol.read_calls`.)
     """
     return [(c.name, c.arguments) for c in read_calls(text, name) if c.error is None]
-
-
-_ENTITY = {"<": "&lt;", "[": "&#91;", "`": "&#96;", "{": "&#123;", "◁": "&#9665;"}
-
-
-def _markup(norm: str, extra: regex.Pattern[str] | None) -> list[tuple[int, int, int]]:
-    """(start, end, where) of the markup in normalised text; ``where`` is the index of the
-    character whose escaping makes it inert."""
-    found: list[tuple[int, int, int]] = []
-    dec = json.JSONDecoder()
-    assert _GUARD.openers is not None
-    for m in _GUARD.openers.finditer(norm):
-        if _GUARD.format_of(m) is JSON_CALLS:
-            brace = m.start() + m.group().find("{")
-            first = min(i for i in (m.group().find("{"), m.group().find("[")) if i >= 0) + m.start()
-            try:
-                obj, _ = dec.raw_decode(norm, first)
-            except ValueError:
-                continue
-            if not is_call(obj):
-                continue  # JSON data, not a call
-            found.append((m.start(), m.end(), brace))
-        else:
-            found.append((m.start(), m.end(), m.start()))
-    if extra is not None:
-        for m in extra.finditer(norm):
-            if m.end() > m.start() and not any(s <= m.start() < e for s, e, _ in found):
-                found.append((m.start(), m.end(), m.start()))
-        found.sort()
-    return found
-
-
-def find_markup(text: str) -> list[tuple[int, int]]:
-    """Spans of ``text`` that MarkupGuard reads as markup: reasoning and tool-call tags in
-    any spelling it accepts, chat-template tokens, JSON tool calls (their opening).
-    Matched on the normalised text, reported in ``text``'s positions.
-
-    ``find_markup("ok <TOOL_CALL>")`` -> ``[(3, 14)]``
-    """
-    n = normalize(text)
-    return [n.span(s, e) for s, e, _ in _markup(n.text, None)]
-
-
-def escape_markup(text: str, extra: regex.Pattern[str] | None = None) -> str:
-    """``text`` with everything MarkupGuard reads as markup made inert, for text that must
-    not act (retrieved documents): each tag's opening character becomes an HTML character
-    reference (``<tool_call>`` -> ``&lt;tool_call>``, ``[TOOL_CALLS]`` -> ``&#91;TOOL_CALLS]``,
-    a JSON call's ``{`` -> ``&#123;``), every ``<`` inside it too; invisible characters are
-    removed. ``extra`` (a pattern over normalised text) escapes more the same way. The
-    rest of the text keeps its own characters.
-    """
-    n = normalize(text)
-    found = _markup(n.text, extra)
-    if not found:
-        return visible(text)
-    out: list[str] = []
-    last = 0
-    for s, e, where in found:
-        start, end = n.span(s, e)
-        if start < last:
-            continue
-        out.append(text[last:start])
-        piece = n.text[s:e]
-        k = where - s
-        c = piece[k]
-        piece = piece[:k].replace("<", "&lt;") + _ENTITY.get(c, c) + piece[k + 1:].replace("<", "&lt;")
-        out.append(piece)
-        last = end
-    out.append(text[last:])
-    return visible("".join(out))
 
 
 class MarkupGuard(Middleware):

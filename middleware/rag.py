@@ -8,10 +8,12 @@
 
 On the input hook the middleware retrieves the top ``k`` passages for the turn's text and
 adds those scoring at least ``min_score`` as :class:`~omni_agent.events.Context` items
-(``untrusted=True``, one per passage, with its citation), their markup made inert
-(:func:`make_inert`). The agent renders them (:mod:`omni_agent.context`) inside clear
-delimiters and a warning that their content is data, not instructions. When no passage reaches ``min_score`` nothing is added and the trace
-says so (a greeting does not drag in random documents).
+(``untrusted=True``, one per passage, with its citation). The agent renders them
+(:func:`omni_agent.context.render_context`, re-exported here) inside clear delimiters and a
+warning that their content is data, not instructions, with their markup made inert
+(:func:`make_inert`, also the core's: tool-call and reasoning markup in any spelling, tags and
+chat-template tokens are escaped). When no passage reaches ``min_score`` nothing is added and
+the trace says so (a greeting does not drag in random documents).
 
 Citations go into the trace (``trace.citations``) and, at the end of the answer, into the
 display text as a display-only utterance (``Sources: museum.md#0``) that is never spoken.
@@ -25,43 +27,17 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext
-from omni_agent.context import DELIMITER_TAGS, UNTRUSTED_NOTICE
-from omni_agent.context import render_context as _render
+from omni_agent.context import UNTRUSTED_NOTICE, make_inert, render_context
 from omni_agent.events import Context, ErrorEvent, Event, ToolCall, UserTurn, Utterance
 from omni_agent.memory.paths import DEFAULT_COLLECTION, default_data_dir
 
 from .injection import looks_like_injection
-from .markup import escape_markup
 
 if TYPE_CHECKING:
     from omni_agent.memory.vector import Passage
 
 __all__ = ["RAG", "render_context", "make_inert", "format_citations", "default_rag", "default_rag_config",
            "UNTRUSTED_NOTICE", "looks_like_injection"]
-
-
-# A passage must not be able to close its own delimiter, open a fake one, fake a chat role
-# block, or smuggle in a chat-template token (``<|im_start|>``, ``<start_of_turn>``), which
-# tokenizers would otherwise turn into the real control token (DELIMITER_TAGS, the core's
-# guard), nor hold anything MarkupGuard reads as reasoning or a tool call (``< TOOL_CALL >``,
-# ``[TOOL_CALLS]``, a JSON call), so a Thinker that echoes the passage cannot run a call or
-# fake reasoning (escape_markup: MarkupGuard's own grammar).
-def make_inert(text: str) -> str:
-    """A passage's text as it goes into the prompt: everything MarkupGuard reads as reasoning
-    or a tool call (``<tool_call>``, ``[TOOL_CALLS]``, a JSON call), in any spelling, and
-    every tag or chat-template token is escaped (``&lt;tool_call>``); invisible characters
-    are removed. A document has no markup of its own that the model needs."""
-    return escape_markup(text, extra=DELIMITER_TAGS)
-
-
-def render_context(contexts: Iterable[Context], notice: str = UNTRUSTED_NOTICE) -> str:
-    """Format contexts for the Thinker's prompt (:func:`omni_agent.context.render_context`
-    with :func:`make_inert`): untrusted ones inside numbered ``<document>`` delimiters under
-    a notice that their instructions must not be followed, with every tag, chat-template
-    token and tool-call or reasoning markup in them escaped; trusted ones plainly.
-    Returns ``""`` when there is nothing to render.
-    """
-    return _render(contexts, notice, escape=make_inert)
 
 
 def format_citations(citations: Iterable[Mapping[str, Any]]) -> str:
@@ -188,10 +164,9 @@ class RAG(Middleware):
         if not chosen:
             return turn
         for p in chosen:
-            # Made inert here, by the one that knows the markup grammar: the agent's rendering
-            # (omni_agent.context) only guards its own delimiters.
-            ctx.add_context(Context(text=make_inert(p.text), source=p.label, untrusted=True,
-                                    citations=[p.citation()]))
+            # The passage's own text: the agent's rendering (omni_agent.context.render_context)
+            # makes it inert, markup grammar and delimiters both, as it does any untrusted context.
+            ctx.add_context(Context(text=p.text, source=p.label, untrusted=True, citations=[p.citation()]))
         listed = ", ".join(f"{p.label} ({p.score:.2f})" if p.score is not None else p.label for p in chosen)
         ctx.trace.record(self.label, "input", "add", None, listed,
                          f"{len(chosen)} passage(s) added as untrusted context")

@@ -35,8 +35,11 @@ Formats (which markup is recognised, per use):
 * ``stop=[...]`` — stop strings (outside blocks): the text before one is the round's last.
 
 ``normalize=True`` matches tags on the normalised text
-(:func:`~omni_agent.middleware.normalize.normalize`: NFKC, invisible characters removed),
+(:func:`~omni_agent.text.normalize`: NFKC, invisible characters removed),
 so ``<thi\\u200bnk>`` is the tag it looks like; what comes out keeps its own characters.
+
+:func:`escape_markup` makes the same grammar inert in text that must not act (retrieved
+documents: :func:`omni_agent.context.render_context` applies it); :func:`find_markup` finds it.
 
 Only text that may still become an opener (outside a block) or the block's closer (inside
 one) is held; the rest is released at once. Held text never depends on how the stream was
@@ -49,6 +52,7 @@ generation often stops before the closing tag), and the parser is ready for the 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,8 +62,7 @@ import regex
 
 from omni_agent.errors import ConfigError
 from omni_agent.events import Event, ReasoningDelta, TextDelta, ToolCall
-from omni_agent.middleware._scan import partial_start
-from omni_agent.middleware.normalize import is_normal, normalize, visible
+from omni_agent.text import is_normal, normalize, partial_start, visible
 
 __all__ = [
     # events
@@ -70,6 +73,8 @@ __all__ = [
     "MarkupFormat", "Opening", "TagFormat", "TagPattern", "HarmonyFormat", "JsonCallFormat",
     "HERMES", "THINK", "REASONING_TAGS", "TOOL_CALL_TAGS", "FUNCTION_TAG", "HARMONY", "JSON_CALLS",
     "TEMPLATE_TOKENS", "GUARD_FORMATS",
+    # making markup inert (untrusted text)
+    "find_markup", "escape_markup",
     # for Thinker backends
     "TextRouter",
 ]
@@ -999,6 +1004,82 @@ class MarkupParser:
         else:
             self._put(Text, block)
         return True
+
+
+# ============================================================================ making markup inert
+
+
+# The grammar of every family MarkupGuard knows: what must not act in untrusted text.
+_GUARD = Grammar.of(GUARD_FORMATS)
+
+_ENTITY = {"<": "&lt;", "[": "&#91;", "`": "&#96;", "{": "&#123;", "◁": "&#9665;"}
+
+
+def _markup(norm: str, extra: re.Pattern[str] | regex.Pattern[str] | None) -> list[tuple[int, int, int]]:
+    """(start, end, where) of the markup in normalised text; ``where`` is the index of the
+    character whose escaping makes it inert."""
+    found: list[tuple[int, int, int]] = []
+    dec = json.JSONDecoder()
+    assert _GUARD.openers is not None
+    for m in _GUARD.openers.finditer(norm):
+        if _GUARD.format_of(m) is JSON_CALLS:
+            brace = m.start() + m.group().find("{")
+            first = min(i for i in (m.group().find("{"), m.group().find("[")) if i >= 0) + m.start()
+            try:
+                obj, _ = dec.raw_decode(norm, first)
+            except ValueError:
+                continue
+            if not is_call(obj):
+                continue  # JSON data, not a call
+            found.append((m.start(), m.end(), brace))
+        else:
+            found.append((m.start(), m.end(), m.start()))
+    if extra is not None:
+        for x in extra.finditer(norm):
+            if x.end() > x.start() and not any(s <= x.start() < e for s, e, _ in found):
+                found.append((x.start(), x.end(), x.start()))
+        found.sort()
+    return found
+
+
+def find_markup(text: str) -> list[tuple[int, int]]:
+    """Spans of ``text`` that the guard's grammar (:data:`GUARD_FORMATS`) reads as markup:
+    reasoning and tool-call tags in any spelling it accepts, chat-template tokens, JSON tool
+    calls (their opening). Matched on the normalised text, reported in ``text``'s positions.
+
+    ``find_markup("ok <TOOL_CALL>")`` -> ``[(3, 14)]``
+    """
+    n = normalize(text)
+    return [n.span(s, e) for s, e, _ in _markup(n.text, None)]
+
+
+def escape_markup(text: str, extra: re.Pattern[str] | regex.Pattern[str] | None = None) -> str:
+    """``text`` with everything the guard's grammar (:data:`GUARD_FORMATS`) reads as markup
+    made inert, for text that must not act (retrieved documents): each tag's opening
+    character becomes an HTML character reference (``<tool_call>`` -> ``&lt;tool_call>``,
+    ``[TOOL_CALLS]`` -> ``&#91;TOOL_CALLS]``, a JSON call's ``{`` -> ``&#123;``), every ``<``
+    inside it too; invisible characters are removed. ``extra`` (a pattern over normalised
+    text) escapes more the same way. The rest of the text keeps its own characters.
+    """
+    n = normalize(text)
+    found = _markup(n.text, extra)
+    if not found:
+        return visible(text)
+    out: list[str] = []
+    last = 0
+    for s, e, where in found:
+        start, end = n.span(s, e)
+        if start < last:
+            continue
+        out.append(text[last:start])
+        piece = n.text[s:e]
+        k = where - s
+        c = piece[k]
+        piece = piece[:k].replace("<", "&lt;") + _ENTITY.get(c, c) + piece[k + 1:].replace("<", "&lt;")
+        out.append(piece)
+        last = end
+    out.append(text[last:])
+    return visible("".join(out))
 
 
 # ============================================================================ for Thinker backends

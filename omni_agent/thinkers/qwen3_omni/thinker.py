@@ -10,17 +10,15 @@ reads ``<tool_call>`` / ``<think>`` markup.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 from ...bridge import iterate_in_thread
 from ...errors import ConfigError, OmniAgentError, ThinkerError
 from ...events import Event
+from ...markup_protocol import TextRouter
 from ...thinker import ThinkerRequest
 from .loading import HUB_ID
 from .model import Qwen3OmniModel, TalkerPrompt
-
-if TYPE_CHECKING:
-    from ..transformers import _TextRouter
 
 __all__ = ["Qwen3OmniThinker", "markup_parser", "shared_model_for", "talker_prompt"]
 
@@ -41,17 +39,15 @@ def shared_model_for(model: Any, talker: bool, **options: Any) -> Qwen3OmniModel
     return omni
 
 
-def markup_parser(request: ThinkerRequest) -> _TextRouter:
+def markup_parser(request: ThinkerRequest) -> TextRouter:
     """The parser that turns the Thinker's raw text into events, for one round of ``request``.
 
     ``<tool_call>{...}</tool_call>`` becomes :class:`~omni_agent.events.ToolCall` events
     (when the request offers tools), ``<think>`` text becomes reasoning, and a stop string
     ends the answer. Feed it text pieces (``feed``), check ``done``, then ``finish()``.
     """
-    from ..transformers import _TextRouter
-
     parse_tools = bool(request.tools) and request.tool_choice != "none"
-    return _TextRouter(stop_strings=list(request.settings.stop), parse_tools=parse_tools)
+    return TextRouter(stop_strings=list(request.settings.stop), parse_tools=parse_tools)
 
 
 class _ThinkerRun:
