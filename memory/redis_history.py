@@ -70,8 +70,7 @@ from omni_agent.errors import ConfigError
 from omni_agent.history import HistoryUnavailable
 from omni_agent.thinker import Message
 
-from .conversation import (HistoryError, StoredTurn, TokenBudget, TokenCounter, _message_from_json,
-                           _message_to_json)
+from .conversation import HistoryError, StoredTurn, TokenBudget, TokenCounter, _message_from_json, _message_to_json
 
 __all__ = ["RedisHistory", "HistoryStoreDown", "REDIS_SCHEMES"]
 
@@ -159,7 +158,7 @@ class _StoreSummary:
 _Step = _ReadTail | _Summarize | _StoreSummary
 
 
-class RedisHistory(TokenBudget):
+class RedisHistory(TokenBudget[Summarizer]):
     """Per-session history on a Redis server, with a token budget (the agent's ``history``).
 
     * ``url`` — ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
@@ -276,7 +275,7 @@ class RedisHistory(TokenBudget):
         if monotonic() < self._down_until:
             raise _LeftAlone(f"it failed less than {self.retry_after:g} s ago: {self._last_error}")
 
-    def _unreachable(self, e: BaseException) -> str:
+    def _unreachable(self, e: BaseException | str) -> str:
         return f"the history store {self._shown_url()} is unreachable ({e})"
 
     def _shown_url(self) -> str:
@@ -615,6 +614,7 @@ class RedisHistory(TokenBudget):
                 (upto, summary), total, raw = pipe.execute()
             return int(upto) if upto is not None else -1, summary, total, raw
         if isinstance(step, _Summarize):
+            assert self.summarizer is not None  # a _Summarize step is made only with one
             out = self.summarizer(step.previous, step.dropped)
             if inspect.isawaitable(out):
                 raise HistoryError("an async summarizer needs the async interface (aload)")

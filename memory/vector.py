@@ -274,14 +274,14 @@ class VectorMemory:
             text_id(t, str(m.get("source", ""))) for t, m in zip(texts, metas)]
         if not texts:
             return out_ids
-        if embeddings is None:
-            embeddings = self.embedding(texts)
+        # Given, or computed here (numpy rows): both are sequences of vectors.
+        vectors: Sequence[Any] = embeddings if embeddings is not None else self.embedding(texts)
         step = self._max_batch()
         for i in range(0, len(texts), step):
             with self._guard("storing passages"):
                 self.collection.upsert(ids=out_ids[i:i + step], documents=texts[i:i + step],
-                                       metadatas=[m or None for m in metas[i:i + step]],  # type: ignore[misc]
-                                       embeddings=list(embeddings[i:i + step]))
+                                       metadatas=[m or None for m in metas[i:i + step]],
+                                       embeddings=list(vectors[i:i + step]))
         return out_ids
 
     add = upsert  # adding is idempotent here: same id, same passage

@@ -27,7 +27,7 @@ import asyncio
 import inspect
 import re
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Literal
+from typing import Any, AsyncIterator, Callable, Iterable, Literal, cast
 
 import regex
 
@@ -103,7 +103,8 @@ class Blocklist(Middleware):
         patterns = list(patterns)
         if not words and not patterns:
             raise ConfigError("blocklist: give at least one entry in words=[...] or patterns=[...]")
-        alts, names = [], []
+        alts: list[str] = []
+        names: list[str] = []
         # Longest words first so "bad word" wins over "bad".
         for w in sorted(set(words), key=len, reverse=True):
             body = regex.escape(w.strip())
@@ -182,11 +183,14 @@ class Blocklist(Middleware):
 # ---------------------------------------------------------------------------- moderation
 
 
+VerdictAction = Literal["allow", "rewrite", "block"]
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """A moderation answer for one clause: ``allow``, ``rewrite`` (to ``text``) or ``block``."""
 
-    action: Literal["allow", "rewrite", "block"]
+    action: VerdictAction
     text: str | None = None
     reason: str = ""
 
@@ -223,7 +227,7 @@ def _as_verdict(answer: Any, text: str) -> Verdict:
     if isinstance(answer, dict):
         action = str(answer.get("action", "")).lower()
         if action in ("allow", "rewrite", "block"):
-            return _as_verdict(Verdict(action, answer.get("text"), str(answer.get("reason", ""))), text)
+            return _as_verdict(Verdict(cast(VerdictAction, action), answer.get("text"), str(answer.get("reason", ""))), text)
     # Fail-closed: an answer we cannot read is not an approval.
     raise TypeError(f"moderation returned {answer!r}: return allow(), rewrite(text), block(reason), "
                     "a bool, a string or None")

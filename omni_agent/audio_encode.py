@@ -172,10 +172,10 @@ class _Tempo:
         out: list[np.ndarray] = []
         while True:
             try:
-                frame = self.graph.pull()
+                pulled = self.graph.pull()
             except (BlockingIOError, EOFError, av.error.EOFError):
                 break
-            out.append(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+            out.append(pulled.to_ndarray().reshape(-1).astype(np.float32, copy=False))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -298,6 +298,7 @@ class SpeechEncoder:
 
         spec, stream, container = self.format, self._stream, self._container
         if x.size:
+            assert spec.sample_format is not None  # every format with a codec names its samples
             if spec.sample_format == "s16":
                 arr = np.frombuffer(float_to_pcm16(x), dtype="<i2").reshape(1, -1)
             else:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
+from typing import Any, AsyncGenerator, Callable, Iterable, TypeVar
 
 __all__ = ["from_thread", "iterate_in_thread", "WorkerClosed"]
 
@@ -39,7 +40,7 @@ _ITEM, _END, _ERROR = 0, 1, 2
 
 async def from_thread(work: Callable[[Callable[[T], bool]], Any], *,
                       executor: concurrent.futures.Executor | None = None,
-                      max_ahead: int | None = 8, join: bool = False) -> AsyncIterator[T]:
+                      max_ahead: int | None = 8, join: bool = False) -> AsyncGenerator[T, None]:
     """Run ``work(emit)`` on a worker thread and yield what it emits, in order.
 
     ``emit(item)`` hands one item to the loop and returns True when the consumer has gone
@@ -109,7 +110,7 @@ async def from_thread(work: Callable[[Callable[[T], bool]], Any], *,
 
 async def iterate_in_thread(make_items: Callable[[], Iterable[T]], *,
                             executor: concurrent.futures.Executor | None = None,
-                            max_ahead: int | None = 8) -> AsyncIterator[T]:
+                            max_ahead: int | None = 8) -> AsyncGenerator[T, None]:
     """Iterate ``make_items()`` (a blocking iterator: a model's token streamer) on a worker
     thread and yield its items here; see :func:`from_thread`."""
 
@@ -124,5 +125,7 @@ async def iterate_in_thread(make_items: Callable[[], Iterable[T]], *,
             if close is not None:
                 close()
 
-    async for item in from_thread(work, executor=executor, max_ahead=max_ahead):
-        yield item
+    # Closed with this one (not left to the garbage collector): the worker is told to stop now.
+    async with contextlib.aclosing(from_thread(work, executor=executor, max_ahead=max_ahead)) as items:
+        async for item in items:
+            yield item

@@ -32,7 +32,7 @@ import asyncio
 import inspect
 from dataclasses import dataclass, field
 from time import monotonic, perf_counter
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 
 import anyio
 import anyio.to_thread
@@ -481,10 +481,11 @@ class Bus:
         return stream
 
     async def _hook_stage(self, source: AsyncIterator[Event], hooks: list[_Hook],
-                          ctx: TurnContext) -> AsyncIterator[Event]:
+                          ctx: TurnContext) -> AsyncGenerator[Event, None]:
         fast = all(not h.is_async and h.timeout is None for h in hooks)
         fns = [(h, h.fn) for h in hooks]
         emitted = ctx._emitted
+        ev: Event | None  # a hook may drop it
         try:
             async for ev in source:
                 if type(ev) is RoundEnd:
@@ -530,8 +531,8 @@ class Bus:
                         if ev is None:
                             break
                 if emitted:
-                    for e in emitted:
-                        yield e
+                    for extra in emitted:
+                        yield extra
                     emitted.clear()
                 if ev is not None:
                     yield ev
@@ -541,12 +542,12 @@ class Bus:
                 await aclose()  # the stage upstream ends with this one
 
     async def _stream_stage(self, source: AsyncIterator[Event], mw: Middleware,
-                            ctx: TurnContext) -> AsyncIterator[Event]:
+                            ctx: TurnContext) -> AsyncGenerator[Event, None]:
         """Run a stream-level middleware, measuring how long it holds content back."""
         label = mw.label
         pending_since: list[float | None] = [None]
 
-        async def counted() -> AsyncIterator[Event]:
+        async def counted() -> AsyncGenerator[Event, None]:
             try:
                 async for ev in source:
                     if pending_since[0] is None and type(ev) is TextDelta:

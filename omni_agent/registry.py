@@ -410,8 +410,9 @@ def resolve(name: str, table: dict[str, str] | None = None, what: str | None = N
     default to the table's). Raises :class:`ConfigError` saying what to do instead.
     """
     table = table or {}
-    what = what or getattr(table, "what", "object")
-    kind = kind or getattr(table, "kind", ANY)
+    if isinstance(table, Table):
+        what, kind = what or table.what, kind or table.kind
+    what, kind = what or "object", kind or ANY
     trusted = name in table
     target = table.get(name, name)
     if ":" not in target:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import math
 import struct
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence, Union, cast
 
 from .events import AudioChunk, Event, Finish, ReasoningDelta, TextDelta, ToolCall, Utterance
 from .thinker import ThinkerRequest
@@ -77,9 +77,10 @@ class ScriptedThinker:
                  accepts: Iterable[str] = ("text", "image", "audio", "video"),
                  default: Reply | None = None,
                  supports: Iterable[str] = ("response_format", "tool_choice", "logprobs")):
-        if isinstance(replies, str) or callable(replies):
-            replies = [replies]
-        self.replies: list[Reply] = list(replies)
+        # One string or callable is one reply; any other iterable is the list of replies (a
+        # reply made of parts goes in a list of its own: [["Hi", ToolCall(...)]]).
+        one = isinstance(replies, str) or callable(replies)
+        self.replies: list[Reply] = [cast(Reply, replies)] if one else list(cast(Iterable[Reply], replies))
         self.delay = delay
         self.accepts = frozenset(accepts)
         self.supports = frozenset(supports)

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from omni_agent.agent import Agent
-from omni_agent.events import ToolCall, Utterance
+from omni_agent.events import ToolCall
 from omni_agent.middleware.tool_calling import ToolCalling
 from omni_agent.testing import RecordingTalker
 from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest

@@ -36,6 +36,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from time import monotonic
+from types import TracebackType
 from typing import Any, Literal
 
 import anyio
@@ -444,6 +445,7 @@ class MCPSource:
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client
 
+        assert spec.url is not None  # the spec's validator: a url when there is no command
         http = create_mcp_http_client(headers=spec.http_headers())
         return _HTTPClient(mcp.Client(streamable_http_client(spec.url, http_client=http), **client_kw), http)
 
@@ -581,8 +583,9 @@ class _HTTPClient:
             self._stack = stack.pop_all()
         return self.client
 
-    async def __aexit__(self, *exc: object) -> Any:
-        return await self._stack.__aexit__(*exc)
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
 
 
 def _closed(client: Any) -> bool:

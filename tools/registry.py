@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from omni_agent.errors import ToolError
 
-from .schema import function_schema, format_validation_error
+from .schema import FunctionSchema, format_validation_error, function_schema
 
 __all__ = ["Tool", "tool", "ToolRegistry", "ToolOutput", "format_result"]
 
@@ -93,10 +93,13 @@ class Tool:
                  runner: Callable[[dict[str, Any]], Awaitable[Any]] | None = None):
         self.fn = fn
         # A given schema (e.g. from langchain-core) is taken as is; else it is derived.
-        fs = function_schema(fn, name=name, description=description) if parameters is None else None
-        self.name: str = name or (fs.name if fs else getattr(fn, "__name__", "tool"))
+        fs: FunctionSchema | None = None
+        if parameters is None:
+            fs = function_schema(fn, name=name, description=description)
+            parameters = fs.parameters
+        self.name: str = name or (fs.name if fs else str(getattr(fn, "__name__", "tool")))
         self.description: str = description if description is not None else (fs.description if fs else "")
-        self.parameters: dict[str, Any] = parameters if parameters is not None else fs.parameters  # type: ignore[union-attr]
+        self.parameters: dict[str, Any] = parameters
         self.args_model: type[BaseModel] | None = args_model if args_model is not None else (fs.model if fs else None)
         self.injected: dict[str, str] = fs.injected if fs else {}
         self.timeout = timeout
@@ -104,9 +107,10 @@ class Tool:
         self.return_direct = bool(return_direct)
         self.examples: list[tuple[str, dict[str, Any]]] = [(q, dict(a)) for q, a in examples]
         self._runner = runner
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None))
-        functools.update_wrapper(self, fn, updated=())  # type: ignore[arg-type]
+        # A function, or an object whose class has an async __call__ (looked up on the class, as
+        # a call does: a class passed as fn is not async because it defines one).
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+        functools.update_wrapper(self, fn, updated=())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -227,9 +231,9 @@ class ToolRegistry:
         #: Tool sources whose tools come and go (MCP servers, omni_agent.tools.mcp): the
         #: agent runs and closes them; they add and remove their tools here.
         self.sources: list[Any] = []
-        if isinstance(tools, (str, Tool)) or callable(tools) and not isinstance(tools, type):
-            tools = [tools]
-        for t in tools:
+        one = isinstance(tools, (str, Tool)) or callable(tools) and not isinstance(tools, type)
+        entries: Iterable[Any] = [tools] if one else tools
+        for t in entries:
             self.add(t)
 
     # ------------------------------------------------------------------ contents

@@ -19,7 +19,6 @@ import re
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
-
 from .registry import Tool, ToolRegistry
 
 __all__ = ["ToolRouter", "NO_TOOL_EXAMPLES", "DEFAULT_PATTERNS", "minilm_embedder"]

@@ -23,8 +23,18 @@ from typing import Any
 import click
 
 from ..errors import ConfigError
-from ..events import (AudioChunk, ErrorEvent, TextDelta, ToolCall, ToolResult, TurnEnd, UserTurn, Utterance,
-                      event_to_dict)
+from ..events import (
+    AudioChunk,
+    AudioPart,
+    ErrorEvent,
+    TextDelta,
+    ToolCall,
+    ToolResult,
+    TurnEnd,
+    UserTurn,
+    Utterance,
+    event_to_dict,
+)
 from .common import config_option, default_config, friendly_errors, make_turn
 
 __all__ = ["make_talker", "latency_breakdown", "register"]
@@ -281,11 +291,11 @@ class _AskOutput:
     def _show_text(self, ev: Any) -> None:
         if isinstance(ev, UserTurn):
             for p in ev.parts:
-                if getattr(p, "transcript", None) is not None:
+                if isinstance(p, AudioPart) and p.transcript is not None:
                     click.echo(click.style(f"heard: {p.transcript}", dim=True), err=True)
-        elif type(ev) is TextDelta and not self.clause_mode:
+        elif isinstance(ev, TextDelta) and not self.clause_mode:
             self.text_out.write(ev.text)
-        elif type(ev) is Utterance and self.clause_mode and ev.display:
+        elif isinstance(ev, Utterance) and self.clause_mode and ev.display:
             self.text_out.write(("" if self.first_clause else " ") + ev.display)
             self.first_clause = False
         elif isinstance(ev, (ToolCall, ToolResult)):

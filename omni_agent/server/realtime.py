@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import secrets
-
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +35,10 @@ from .realtime_protocol import (
     Cancel,
     Command,
     Configure,
-    Instruct,
     DropSpeech,
     EndTurn,
     Feed,
+    Instruct,
     RealtimeLimits,
     RealtimeProtocol,
     Submit,
@@ -179,13 +178,12 @@ class _Link:
 
     async def _apply(self, cmd: Command) -> None:
         live, proto = self.live, self.proto
-        t = type(cmd)
-        if t is Feed:
+        if isinstance(cmd, Feed):
             n = len(live.barge_in_times)
             live.feed(cmd.pcm)
             if len(live.barge_in_times) > n:  # the VAD heard the user over the reply
                 await self._post(proto.barge_in("turn_detected", self._running_turn()))
-        elif t is Submit:
+        elif isinstance(cmd, Submit):
             if self.server.draining:
                 await self._post(proto.barge_in("shutting_down", None)
                                  + [proto.error("shutting_down", "the server is shutting down: no new "
@@ -196,22 +194,22 @@ class _Link:
             except OmniAgentError as e:
                 await self._post(proto.barge_in("failed", None) + [proto.error("server_error", str(e),
                                                                                 kind="server_error")])
-        elif t is Cancel:
+        elif isinstance(cmd, Cancel):
             orphan = self._running_turn()
             live.barge_in("client")
             await self._post(proto.barge_in("client_cancelled", orphan))
-        elif t is EndTurn:
+        elif isinstance(cmd, EndTurn):
             if not live.end_turn():
                 self.conn.errors += 1
                 await self._post([proto.commit_failed(cmd.event_id)])
-        elif t is DropSpeech:
+        elif isinstance(cmd, DropSpeech):
             live.drop_speech()
-        elif t is Truncate:
+        elif isinstance(cmd, Truncate):
             live.report_playback(cmd.turn_id, cmd.played_ms, True, cut=True)
-        elif t is Instruct:
+        elif isinstance(cmd, Instruct):
             # The agent's system prompt for this session's next turns; "" restores the agent's.
             live.session.instructions = cmd.text or None
-        elif t is Configure:
+        elif isinstance(cmd, Configure):
             try:
                 live.config = live.config.replace(**cmd.changes).check()
             except ConfigError as e:  # checked by the protocol already; never silent

@@ -372,6 +372,10 @@ class TurnDetectionOut(BaseModel):
     interrupt_response: bool
 
 
+#: What a response is made of.
+Modality = Literal["text", "audio"]
+
+
 class SessionState(BaseModel):
     """This connection's session, as the server applies it."""
 
@@ -379,7 +383,7 @@ class SessionState(BaseModel):
     model: str = "omni-agent"
     instructions: str = ""
     voice: str = "default"
-    output_modalities: list[Literal["text", "audio"]] = Field(default_factory=lambda: ["audio"])
+    output_modalities: list[Modality] = ["audio"]  # pydantic copies a mutable default per instance
     turn_detection: TurnDetectionOut | None = None
 
     def ga(self) -> dict[str, Any]:
@@ -428,7 +432,7 @@ class _Response:
     __slots__ = ("id", "status", "reason", "modalities", "output", "current", "turn_id", "started",
                  "cancelling", "user_items", "user_parts", "resampler", "in_rate", "error", "vad")
 
-    def __init__(self, modalities: list[str], vad: bool):
+    def __init__(self, modalities: list[Modality], vad: bool):
         self.id = _id("resp")
         self.status = "in_progress"
         self.reason: str | None = None
@@ -554,7 +558,7 @@ class RealtimeProtocol:
         return out
 
     def _response_obj(self, r: _Response) -> dict[str, Any]:
-        details = None
+        details: dict[str, Any] | None = None
         if r.status != "completed" and r.status != "in_progress":
             details = {"type": r.status, "reason": r.reason}
             if r.error is not None:
@@ -637,7 +641,7 @@ class RealtimeProtocol:
                            "tools are not supported: send tools=[]", param="session.tools")
         mods = s.output_modalities if s.output_modalities is not None else s.modalities
         if mods is not None:
-            want = ["audio"] if "audio" in mods else ["text"]
+            want: list[Modality] = ["audio"] if "audio" in mods else ["text"]
             if want == ["audio"] and not self.has_talker:
                 raise _Refusal("invalid_value", "this agent has no Talker: it can only answer in text",
                                param="session.output_modalities")
@@ -862,7 +866,7 @@ class RealtimeProtocol:
                            f"active response in progress: {self._response.id}. Wait until the "
                            "response is finished before creating a new one.")
         r = ev.response
-        modalities = list(self.session.output_modalities)
+        modalities: list[Modality] = list(self.session.output_modalities)
         if r is not None:
             if r.conversation == "none" or r.input is not None:
                 raise _Refusal("unsupported_value", "out-of-band responses (conversation: none, "
@@ -965,10 +969,10 @@ class RealtimeProtocol:
                 return []
             # Positions in the input audio, estimated from what had arrived by now (the VAD
             # speaks up min_speech_ms after the onset, and end_silence_ms after the end).
-            item = self._speech_item = _Item("message", "user")
-            item.audio_ms = max(0.0, self._input_ms - self.live.min_speech_ms)
-            return [self.event("input_audio_buffer.speech_started", audio_start_ms=int(item.audio_ms),
-                               item_id=item.id)]
+            started = self._speech_item = _Item("message", "user")
+            started.audio_ms = max(0.0, self._input_ms - self.live.min_speech_ms)
+            return [self.event("input_audio_buffer.speech_started", audio_start_ms=int(started.audio_ms),
+                               item_id=started.id)]
         if kind == "speech_stopped":
             item = self._speech_item
             if item is None or not self.vad:

@@ -39,7 +39,7 @@ import json
 import logging
 import re
 from collections import Counter
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -654,7 +654,15 @@ def _raw_response(status: int, reason: str, code: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-class _HeaderGuard:
+if TYPE_CHECKING:
+    # What the mixin relies on from its host (loop, transport, client, the asyncio.Protocol
+    # callbacks): uvicorn's HTTP protocols share these; h11's stands for them all.
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _GuardHost
+else:
+    _GuardHost = object
+
+
+class _HeaderGuard(_GuardHost):
     """Mixed into uvicorn's HTTP protocol: bounds how long and how many connections may sit
     before their request head is complete. ``_limits`` and the counters belong to the
     subclass made for one server by :func:`guarded_http_protocol`."""
@@ -759,6 +767,7 @@ class _HeaderGuard:
 def guarded_http_protocol(limits: ServerLimits) -> type:
     """uvicorn's HTTP protocol class (per ``limits.http``) with the header guard mixed in.
     Each call makes a new class with its own counters: use one per server."""
+    base: type[asyncio.Protocol]
     if limits.http == "h11":
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
     elif limits.http == "httptools":

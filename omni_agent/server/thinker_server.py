@@ -45,8 +45,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Literal
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -54,8 +53,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..errors import OmniAgentError, ThinkerError, UnsupportedInputError
-from ..events import (AudioPart, Event, Finish, ImagePart, ReasoningDelta, TextDelta, TextPart, ToolCall,
-                      VideoPart)
+from ..events import AudioPart, Event, Finish, ImagePart, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
 from ..thinker import GenerationSettings, Message, ThinkerRequest
 from ..thinkers.openai import parse_data_url
 from .queue import QueueFull, QueueTimeout, RequestQueue
@@ -344,9 +342,8 @@ def _prompt_chars(req: ThinkerRequest) -> int:
 def _tool_choice(wire: ChatCompletionRequest, tools: list[dict[str, Any]]) -> str:
     """tool_choice as :class:`ThinkerRequest` takes it; a choice that cannot be kept
     (a named tool not in ``tools``, "required" with no tools) is a BadRequest."""
-    choice = wire.tool_choice or "auto"
-    if isinstance(choice, NamedToolChoice):
-        choice = choice.function.name
+    given = wire.tool_choice or "auto"
+    choice: str = given.function.name if isinstance(given, NamedToolChoice) else given
     names = [t["function"]["name"] for t in tools]
     if choice in ("auto", "none"):
         return choice

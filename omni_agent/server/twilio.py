@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +46,7 @@ from ..events import ErrorEvent, UserTurn
 from ..live import LiveSession
 from .twilio_protocol import (
     PHONE_RATE,
+    Command,
     Dtmf,
     Feed,
     Hangup,
@@ -269,24 +269,24 @@ class _Call:
                 if self._apply(cmd):
                     return
 
-    def _apply(self, cmd: Any) -> bool:
+    def _apply(self, cmd: Command) -> bool:
         """Apply one command; True when the call is over."""
-        live, t = self.live, type(cmd)
-        if t is Feed:
+        live = self.live
+        if isinstance(cmd, Feed):
             n = len(live.barge_in_times)
             live.feed(cmd.pcm)
             if len(live.barge_in_times) > n:  # the caller spoke over the reply
                 self.pacer.barged()
-        elif t is Heard:
+        elif isinstance(cmd, Heard):
             live.report_playback(cmd.turn_id, cmd.played_ms, cmd.final)
-        elif t is Started:
+        elif isinstance(cmd, Started):
             log.info("phone stream %s started (call %s, parameters %s)", cmd.stream_sid,
                      cmd.call_sid, sorted(cmd.custom_parameters)[:8])
             self.started.set()
-        elif t is Dtmf:
+        elif isinstance(cmd, Dtmf):
             log.info("phone stream %s: key %s pressed (DTMF is not acted on)", self.proto.stream_sid,
                      cmd.digit)
-        elif t is Hangup:
+        elif isinstance(cmd, Hangup):
             log.info("phone stream %s stopped", self.proto.stream_sid)
             self.conn.close_reason = (1000, "stream stopped")
             return True
@@ -301,13 +301,12 @@ class _Call:
         conn, m, proto, pacer = self.conn, self.server.metrics, self.proto, self.pacer
         async for msg in self.live.messages():
             m.observe_live(msg, "twilio")
-            t = type(msg)
             if isinstance(msg, dict):
                 if msg.get("type") == "error":
                     log.warning("phone stream %s: %s", proto.stream_sid, msg.get("message"))
-            elif t is UserTurn:
+            elif isinstance(msg, UserTurn):
                 log.info("phone stream %s: caller said %r", proto.stream_sid, msg.text[:200])
-            elif t is ErrorEvent:
+            elif isinstance(msg, ErrorEvent):
                 log.warning("phone stream %s: turn error: %s", proto.stream_sid, msg.message)
             out: Outgoing = proto.translate(msg)
             if out.report is not None:

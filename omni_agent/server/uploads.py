@@ -33,7 +33,8 @@ def _init_worker(parent: int) -> None:
     # Background work: on Linux SCHED_IDLE (it runs only on CPU time nobody else wants),
     # elsewhere the lowest nice level.
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        # Linux only: the ignore is for the type check on other platforms.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined, unused-ignore]
     except (AttributeError, OSError):
         try:
             os.nice(19)

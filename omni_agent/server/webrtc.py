@@ -155,7 +155,7 @@ class _Played:
         self.turn_id, self.left = turn_id, left
 
 
-def _make_track_base() -> type:
+def _make_track_base() -> Any:
     from aiortc.mediastreams import MediaStreamTrack
 
     return MediaStreamTrack

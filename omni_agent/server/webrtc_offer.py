@@ -132,7 +132,7 @@ def check_sdp(sdp: str) -> Offer:
     if len(audio) > 1:
         raise OfferError("unsupported_media", f"the offer has {len(audio)} audio sections: one "
                          "microphone track per peer connection is supported")
-    codecs = tuple(m.group(2).lower() for ln in audio[0] if (m := _RTPMAP.match(ln)))
+    codecs = tuple(rtpmap.group(2).lower() for ln in audio[0] if (rtpmap := _RTPMAP.match(ln)))
     if "opus" not in codecs:
         shown = ", ".join(sorted(set(codecs))) or "none named"
         raise OfferError("unsupported_codec", f"the offer's audio has no Opus (it offers {shown}): "

@@ -45,8 +45,7 @@ from httpx_sse import EventSource, SSEError
 
 from .. import otel
 from ..errors import ConfigError, ThinkerError, UnsupportedInputError
-from ..events import (AudioPart, Event, Finish, ImagePart, Part, ReasoningDelta, TextDelta, TextPart, ToolCall,
-                      VideoPart)
+from ..events import AudioPart, Event, Finish, ImagePart, Part, ReasoningDelta, TextDelta, TextPart, ToolCall, VideoPart
 from ..thinker import Message, ThinkerRequest
 
 __all__ = ["OpenAIThinker", "StreamState", "data_url", "parse_data_url", "guess_mime"]

@@ -248,9 +248,6 @@ class VLLMOmniTalker:
 
     def __init__(self, thinker: VLLMOmniThinker | None = None, *, base_url: str | None = None,
                  strict: bool = True, max_turns: int = 64):
-        if thinker is None and base_url is None:
-            raise ConfigError("VLLMOmniTalker needs the VLLMOmniThinker it speaks for, or that "
-                              "Thinker's base_url (e.g. base_url = \"http://localhost:8091/v1\")")
         self.strict = strict
         self.max_turns = max_turns
         self._turns: OrderedDict[tuple[str, int], _TurnAudio] = OrderedDict()
@@ -260,10 +257,13 @@ class VLLMOmniTalker:
                                   f"{type(thinker).__name__}")
             thinker.attach(self)
             self.base_url = thinker.base_url
-        else:
+        elif base_url is not None:
             probe = VLLMOmniThinker(base_url)  # normalizes the URL the same way
             self.base_url = probe.base_url
             _TALKERS[self.base_url] = self
+        else:
+            raise ConfigError("VLLMOmniTalker needs the VLLMOmniThinker it speaks for, or that "
+                              "Thinker's base_url (e.g. base_url = \"http://localhost:8091/v1\")")
 
     def _feed(self, session_id: str, turn_id: int) -> _TurnAudio:
         key = (session_id, turn_id)

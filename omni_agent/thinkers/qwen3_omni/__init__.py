@@ -54,10 +54,8 @@ Thinker-to-Talker hand-off), :mod:`.prompt` (chat template and model inputs),
 from .codec import SAMPLE_RATE
 from .loading import HUB_ID
 from .model import Qwen3OmniModel, TalkerPrompt
-from .talker import SPEAKERS, Qwen3OmniTalker
-from .talker import _TalkerRun as _TalkerRun
-from .thinker import Qwen3OmniThinker
-from .thinker import _ThinkerRun as _ThinkerRun
+from .talker import SPEAKERS, Qwen3OmniTalker, _TalkerRun as _TalkerRun
+from .thinker import Qwen3OmniThinker, _ThinkerRun as _ThinkerRun
 
 __all__ = [
     "Qwen3OmniModel",

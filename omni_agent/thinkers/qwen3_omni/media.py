@@ -57,7 +57,7 @@ def load_video(part: VideoPart, fps: float, max_frames: int) -> np.ndarray:
     data = media_bytes(part, "video")
     frames: list[np.ndarray] = []
     try:
-        with av.open(io.BytesIO(data)) as container:
+        with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
             next_t = 0.0
             for frame in container.decode(stream):
@@ -95,7 +95,7 @@ def patchify_video(frames: np.ndarray, vcfg: Any, image_processor: Any,
     rh, rw = smart_resize(h, w, factor=factor, min_pixels=4 * factor * factor, max_pixels=cap)
     mean = np.array(getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5], np.float32).reshape(1, 3, 1, 1)
     std = np.array(getattr(image_processor, "image_std", None) or [0.5, 0.5, 0.5], np.float32).reshape(1, 3, 1, 1)
-    resized = np.stack([np.asarray(Image.fromarray(f).resize((rw, rh), Image.BICUBIC)) for f in frames])
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((rw, rh), Image.Resampling.BICUBIC)) for f in frames])
     x = resized.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
     x = (x - mean) / std
     if pad := -x.shape[0] % tp:
