@@ -38,7 +38,7 @@ held until it closes (and then never released). Every removal is in the trace.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Literal
+from typing import AsyncIterator, Literal, cast
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext
 from omni_agent.errors import ConfigError
@@ -111,7 +111,7 @@ class MarkupGuard(Middleware):
         async for ev in events:
             t = type(ev)
             if t is TextDelta:
-                text = ev.text
+                text = cast(TextDelta, ev).text
                 if plain(text):  # the fast path: nothing held, nothing that may be markup
                     if text:
                         st.last = text[-1]

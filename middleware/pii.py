@@ -221,7 +221,9 @@ def _is_date(groups: list[str], seps: list[str]) -> bool:
 
 def _split_run(s: str) -> tuple[list[str], list[str]]:
     """Digit groups of a run and the separators between them."""
-    groups, seps, last = [], [], 0
+    groups: list[str] = []
+    seps: list[str] = []
+    last = 0
     for m in _RE_DIGITS.finditer(s):
         if groups:
             seps.append(s[last:m.start()])

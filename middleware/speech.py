@@ -174,8 +174,8 @@ class _Numbers:
         base = _base_lang(lang)
         self.lang = full if _N2W and full in _N2W else base
         self.base = base
-        self.ok = bool(_N2W) and self.lang in _N2W  # type: ignore[operator]
-        self.conv = _N2W[self.lang] if self.ok else None  # type: ignore[index]
+        self.ok = bool(_N2W) and self.lang in _N2W
+        self.conv = _N2W[self.lang] if self.ok else None
         self.words = _WORDS.get(base, _WORDS["en"])
         self.decimal_comma = base in _DECIMAL_COMMA
 

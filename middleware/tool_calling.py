@@ -58,17 +58,27 @@ import contextlib
 import inspect
 import uuid
 from time import monotonic
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence, cast
 
 import anyio
 import anyio.to_thread
 
 from omni_agent.bus import Middleware, RoundEnd, TurnContext, is_cancellation
 from omni_agent.errors import ToolError
-from omni_agent.events import (ErrorEvent, Event, ReasoningDelta, TextDelta, TextPart, ToolCall, ToolResult,
-                               Utterance)
-from omni_agent.markup_protocol import (HERMES, BadCall, MarkupEvent, MarkupFormat, MarkupParser, ParsedCall,
-                                        Reasoning, TagFormat, Text, ToolCalls, read_calls)
+from omni_agent.events import ErrorEvent, Event, ReasoningDelta, TextDelta, TextPart, ToolCall, ToolResult, Utterance
+from omni_agent.markup_protocol import (
+    HERMES,
+    BadCall,
+    MarkupEvent,
+    MarkupFormat,
+    MarkupParser,
+    ParsedCall,
+    Reasoning,
+    TagFormat,
+    Text,
+    ToolCalls,
+    read_calls,
+)
 from omni_agent.thinker import Message
 from omni_agent.tools.registry import Tool, ToolRegistry
 
@@ -471,11 +481,13 @@ class ToolCalling(Middleware):
             return False
         user = users[-1]
         earlier = users[-2].text if len(users) > 1 else None
+        router = self.router
+        assert router is not None  # stream() routes only with a router
         t0 = monotonic()
         args: tuple[Any, ...] = (user.text, registry)
-        if len(inspect.signature(self.router.route).parameters) >= 3:
+        if len(inspect.signature(router.route).parameters) >= 3:
             args += (earlier,)  # the previous request, for follow-ups ("And in Paris?")
-        pick = await anyio.to_thread.run_sync(self.router.route, *args, abandon_on_cancel=True)
+        pick = await anyio.to_thread.run_sync(router.route, *args, abandon_on_cancel=True)
         ctx.trace.add_time("tool_router", monotonic() - t0)
         from omni_agent.tools.prompting import with_calls_as_text, with_tool_examples
 
@@ -515,7 +527,7 @@ class ToolCalling(Middleware):
             except Exception as e:  # noqa: BLE001 - a failed router leaves the turn unrouted
                 ctx.trace.error(f"middleware:{self.label}", f"router failed: {type(e).__name__}: {e}")
         open_chars = self._open_chars
-        open_tag = self._open_tag
+        open_tag = self._open_tag or ""  # "" only when single is None: then unused
         single = open_tag[0] if open_tag else None
         said = st.said  # the round's text before its first call (cleared, never replaced)
         plain = True    # nothing held, no call yet, no guard: the fast path
@@ -523,7 +535,7 @@ class ToolCalling(Middleware):
             t = type(ev)
             if t is TextDelta:
                 if plain:
-                    text = ev.text
+                    text = cast(TextDelta, ev).text
                     if single is not None:
                         # A '<' that neither opens a tag here nor may start one at the end
                         # of this chunk is plain text too.
@@ -535,15 +547,15 @@ class ToolCalling(Middleware):
                         said.append(text)
                         yield ev
                         continue
-                for out in st.text(ev):
+                for out in st.text(cast(TextDelta, ev)):
                     yield out
                 plain = st.plain
             elif t is ToolCall:
-                for out in st.native(ev):
+                for out in st.native(cast(ToolCall, ev)):
                     yield out
                 plain = False
             elif t is RoundEnd:
-                async for out in self._end_round(st, ev, registry, ctx):
+                async for out in self._end_round(st, cast(RoundEnd, ev), registry, ctx):
                     yield out
                 plain = st.plain
             else:
@@ -657,7 +669,7 @@ class ToolCalling(Middleware):
 
     async def _run_round(self, calls: list[ToolCall], errors: dict[str, str],
                          registry: ToolRegistry, ctx: TurnContext, rnd: int, over: bool,
-                         quiet: bool, results: dict[str, ToolResult]) -> AsyncIterator[Event]:
+                         quiet: bool, results: dict[str, ToolResult]) -> AsyncGenerator[Event, None]:
         """Run one round's calls in parallel; yields a filler (maybe) and each ToolResult
         as it finishes.
 
@@ -694,18 +706,19 @@ class ToolCalling(Middleware):
         filler_due = quiet and bool(self.filler) and not over
         try:
             for _ in calls:
-                res = None
+                got: ToolResult | None = None
                 if filler_due:
                     with anyio.move_on_after(self.filler_after):
-                        res = await finished.get()
-                    if res is None:
+                        got = await finished.get()
+                    if got is None:
                         filler_due = False
-                        yield Utterance(text=self.filler, display=self.filler, original=self.filler,
+                        filler = self.filler or ""  # filler_due: never empty here
+                        yield Utterance(text=filler, display=filler, original=filler,
                                         session_id=ctx.session_id, turn_id=ctx.turn_id)
-                if res is None:
-                    res = await finished.get()
-                results[res.call_id] = res
-                yield res
+                if got is None:
+                    got = await finished.get()
+                results[got.call_id] = got
+                yield got
         finally:
             for scope in scopes:
                 scope.cancel()

@@ -47,8 +47,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .agent import Agent
 from .errors import ConfigError
-from .registry import (MIDDLEWARE, TALKERS, THINKERS, TOOLS, ImportPolicy, current_import_policy,
-                       import_policy, parse_allow_list, resolve)
+from .registry import (
+    MIDDLEWARE,
+    TALKERS,
+    THINKERS,
+    TOOLS,
+    ImportPolicy,
+    current_import_policy,
+    import_policy,
+    parse_allow_list,
+    resolve,
+)
 from .thinker import GenerationSettings
 
 if sys.version_info >= (3, 11):
@@ -140,7 +149,7 @@ def _mcp_section() -> type[BaseModel]:
         must be written out (``tools = ["*"]`` for all of them): a config says what the
         model gets."""
 
-        tools: list[str]  # type: ignore[assignment]
+        tools: list[str]
 
     return MCPSection
 

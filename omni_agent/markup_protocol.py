@@ -206,7 +206,7 @@ def _calls_in(obj: Any, raw: str, top: bool) -> list[ParsedCall]:
     name = obj.get("name") or obj.get("tool_name") or obj.get("tool")
     if not isinstance(name, str) or not name:
         return [ParsedCall("", "", raw, _NO_NAME)] if top else []
-    args = next((obj[k] for k in _ARG_KEYS if k in obj), {})
+    args: Any = next((obj[k] for k in _ARG_KEYS if k in obj), {})
     return [ParsedCall(name, _arguments(args), raw)]
 
 

@@ -186,7 +186,8 @@ def _otlp_exporter() -> Any:
         raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported: use "
                           "http/protobuf (or grpc)")
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        # The grpc branch above binds the same name to grpc's class; both are SpanExporters.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
             OTLPSpanExporter,
         )
     except ImportError:

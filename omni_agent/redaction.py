@@ -72,9 +72,9 @@ def redact(fns: list[Redact], text: T) -> T:
 
 def redacted_event(ev: ToolCall | ToolResult, fns: list[Redact]) -> ToolCall | ToolResult:
     """A copy of a tool call (its arguments) or result (its content), redacted."""
-    if type(ev) is ToolCall:
+    if isinstance(ev, ToolCall):
         return dataclasses.replace(ev, arguments=redact(fns, ev.arguments))
-    return dataclasses.replace(ev, content=redact(fns, ev.content))  # type: ignore[arg-type]
+    return dataclasses.replace(ev, content=redact(fns, ev.content))
 
 
 def redacted_message(m: Message, fns: list[Redact]) -> Message:

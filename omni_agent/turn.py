@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from time import monotonic
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, cast
 
 import anyio
 
@@ -117,7 +117,7 @@ class TurnRunner:
             out.put_nowait(ev)
         return True
 
-    async def events(self, ended: list[bool]) -> AsyncIterator[Event]:
+    async def events(self, ended: list[bool]) -> AsyncGenerator[Event, None]:
         """The events of the turn, in order, until its end (``ended`` gets a mark)."""
         out, ctx = self.out, self.ctx
         while True:
@@ -154,8 +154,8 @@ class TurnRunner:
             if history_error is not None:
                 await out.put(history_error)
             accepted, blocker = await agent.bus.process_input(turn, ctx)
-            for e in ctx.take_emitted():
-                await out.put(e)
+            for emitted in ctx.take_emitted():
+                await out.put(emitted)
             if accepted is None:
                 refused = await self._refuse(blocker)
             else:
@@ -371,7 +371,7 @@ class TurnRunner:
                 t = type(ev)
                 if t is TextDelta:
                     yield ev
-                    for clause in seg.feed(ev.text):
+                    for clause in seg.feed(cast(TextDelta, ev).text):
                         if n == 0:
                             trace.mark("first_utterance")
                         yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
@@ -385,15 +385,16 @@ class TurnRunner:
                                         session_id=sid, turn_id=tid)
                         n += 1
                 elif t is Utterance:  # said by a middleware (a filler line, say)
-                    ev.added = True
-                    ev.index = n
+                    utt = cast(Utterance, ev)
+                    utt.added = True
+                    utt.index = n
                     n += 1
-                    if ev.original is None:
-                        ev.original = ev.text
-                    yield ev
+                    if utt.original is None:
+                        utt.original = utt.text
+                    yield utt
                 else:
                     if t is ReasoningDelta:
-                        trace.reasoning += ev.text
+                        trace.reasoning += cast(ReasoningDelta, ev).text
                     yield ev
             for clause in seg.flush():
                 yield Utterance(text=clause, display=clause, original=clause, index=n, lang=lang,
@@ -402,7 +403,7 @@ class TurnRunner:
         finally:
             await _close(stream)  # the stage upstream ends with this one
 
-    async def approved(self, stream: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    async def approved(self, stream: AsyncIterator[Event]) -> AsyncGenerator[Event, None]:
         """Run each utterance through the utterance hooks; blocked ones become the fallback."""
         agent, ctx = self.agent, self.ctx
         bus, trace = agent.bus, ctx.trace
@@ -448,20 +449,22 @@ class TurnRunner:
                 async for ev in chain:
                     t = type(ev)
                     if t is Utterance:
-                        if ev.added and not ev.text.strip() and ev.display:
-                            notes.append(ev.display)  # display only (e.g. sources): shown, not spoken
-                        elif clause_mode and ev.display:
-                            display.append(ev.display)
-                        await out.put(ev)  # shown before its audio
-                        if utt_q is not None and ev.text.strip():
-                            await utt_q.put(ev)  # display-only utterances (no spoken text) skip the Talker
+                        utt = cast(Utterance, ev)
+                        if utt.added and not utt.text.strip() and utt.display:
+                            notes.append(utt.display)  # display only (e.g. sources): shown, not spoken
+                        elif clause_mode and utt.display:
+                            display.append(utt.display)
+                        await out.put(utt)  # shown before its audio
+                        if utt_q is not None and utt.text.strip():
+                            await utt_q.put(utt)  # display-only utterances (no spoken text) skip the Talker
                             # Let the Talker start on it now, even if the Thinker never waits.
                             await asyncio.sleep(0)
                         continue
                     elif t is TextDelta and not clause_mode:
-                        display.append(ev.text)
+                        display.append(cast(TextDelta, ev).text)
                     elif (t is ToolCall or t is ToolResult) and show_redact:
-                        ev = redacted_event(ev, show_redact)  # a copy: the Thinker keeps the real one
+                        # a copy: the Thinker keeps the real one
+                        ev = redacted_event(cast("ToolCall | ToolResult", ev), show_redact)
                     await out.put(ev)
         except Exception as e:  # noqa: BLE001 - a failed Thinker ends the turn, not the session
             msg = str(e) or type(e).__name__

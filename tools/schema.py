@@ -43,8 +43,8 @@ _TEXT = griffe.DocstringSectionKind.text
 _PARAMETERS = (griffe.DocstringSectionKind.parameters, griffe.DocstringSectionKind.other_parameters)
 # griffe logs what it finds odd (a ":param x:" with no function to match it against, a
 # missing type); a tool's docstring owes it neither, so parse without warnings.
-_QUIET: dict[str, dict[str, bool]] = {style: {"warnings": False}
-                                     for style in ("google", "numpy", "sphinx")}
+_QUIET: griffe.PerStyleOptions = {"google": {"warnings": False}, "numpy": {"warnings": False},
+                                  "sphinx": {"warnings": False}}
 
 
 @dataclass

@@ -56,7 +56,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import otel
 from ..errors import ConfigError, OmniAgentError
-from ..live import LiveConfig, VAD
+from ..live import VAD, LiveConfig
 from ..tasks import task_group
 from .http_routes import STATIC_DIR, HTTPRefusal, HttpRoutes, release
 from .live_protocol import AUDIO_HEADER, ProtocolError, audio_frame, parse_audio_frame
@@ -64,8 +64,17 @@ from .live_socket import LiveConnection, LiveEndpoint
 from .metrics import ServerMetrics
 from .security import ServerLimits, WebSecurity, security_middleware, uvicorn_config
 from .server_config import ServerConfig
-from .sockets import (LIVE_REFUSAL_CLOSE, WS_GOING_AWAY, WS_INTERNAL, WS_POLICY, WS_TOO_BIG, WS_TRY_LATER,
-                      WS_UNSUPPORTED, dumps, is_disconnect)
+from .sockets import (
+    LIVE_REFUSAL_CLOSE,
+    WS_GOING_AWAY,
+    WS_INTERNAL,
+    WS_POLICY,
+    WS_TOO_BIG,
+    WS_TRY_LATER,
+    WS_UNSUPPORTED,
+    dumps,
+    is_disconnect,
+)
 from .webrtc import WebRTCTransport
 
 __all__ = ["AgentServer", "ServerConfig", "STATIC_DIR", "AUDIO_HEADER", "audio_frame", "parse_audio_frame",
@@ -146,9 +155,9 @@ class AgentServer:
         """Load the agent's models and the VAD now, not on the first request. Returns
         seconds per part loaded."""
         loaded: dict[str, float] = {}
-        warm = getattr(self.agent, "warm_up", None)
-        if warm is not None:
-            loaded.update(await warm())
+        warm_agent: Callable[[], Awaitable[dict[str, float]]] | None = getattr(self.agent, "warm_up", None)
+        if warm_agent is not None:
+            loaded.update(await warm_agent())
         if self._vad is None:
             from ..live import default_vad
 

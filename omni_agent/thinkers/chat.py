@@ -7,7 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Iterable
 
 from ..bridge import WorkerClosed, from_thread
 from ..errors import ThinkerError, UnsupportedInputError
@@ -114,8 +114,9 @@ class GenerationWorker:
         """Run ``generate`` in the thread; yield its events, stamped with the request's ids."""
         stop = threading.Event()
         self._active.add(stop)
-        events = from_thread(lambda send: generate(send, stop), executor=self.executor(),
-                             max_ahead=self.max_ahead)
+        events: AsyncGenerator[Any, None] = from_thread(lambda send: generate(send, stop),
+                                                       executor=self.executor(),
+                                                       max_ahead=self.max_ahead)
         try:
             async for item in events:
                 item.session_id = request.session_id

@@ -265,6 +265,7 @@ class TransformersThinker:
             elif self._gguf:
                 self._load_gguf(AutoModelForCausalLM, AutoTokenizer, kw)
             else:
+                assert self._source is not None  # _resolve gives no directory only with a hub id
                 try:
                     self._tokenizer = AutoTokenizer.from_pretrained(self._source, **kw)
                     self.model = AutoModelForCausalLM.from_pretrained(
