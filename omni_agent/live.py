@@ -608,7 +608,9 @@ class LiveSession:
                 self._ep.end_silence_ms = float(max(self.config.end_silence_ms,
                                                     self.config.max_end_silence_ms))
             if listen.ears is not None:
-                for f in self._gap:  # the pause's silence ends the segment cleanly
+                # A little of the pause ends the segment; more silence makes whisper add
+                # words that were never said ("...a table for it.").
+                for f in self._gap[:_GAP_KEEP]:
                     listen.ears.append(f)
                 listen.ears.mark_pause()
             self._gap = []
@@ -663,8 +665,21 @@ class LiveSession:
         listen.model = getattr(self.turn_detector, "name", type(self.turn_detector).__name__)
         if self._set_end_wait(wait, "semantic"):
             return
+        assert self._ep is not None and self._tg is not None
+        # Frames are the clock; a client that stops sending audio altogether (a file sent
+        # in one go, a muted microphone) would stop it, so the wall clock backs it up.
+        self._tg.start_soon(self._end_if_no_audio, listen, listen.gen, self._ep.frames,
+                            (wait - self._ep.silence_ms) / 1000.0)
         if self.config.preemptive and wait <= self.config.min_end_silence_ms + 1:
             self._start_draft(listen, text)
+
+    async def _end_if_no_audio(self, listen: _Listen, gen: int, frames: int, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+        ep = self._ep
+        if (ep is not None and self._listen is listen and listen.gen == gen and ep.speaking
+                and ep.frames == frames):
+            ep.end()
+            self._end_speech("semantic")
 
     def _set_end_wait(self, wait: float, detector: str) -> bool:
         """Set the silence that ends this turn; ends it now (True) if that much has passed."""
@@ -701,8 +716,11 @@ class LiveSession:
         policy = getattr(self.turn_detector, "silence_ms", None)
         if callable(policy):
             wait = float(policy(p, short_ms=cfg.min_end_silence_ms, long_ms=cfg.max_end_silence_ms))
-        else:
-            wait = cfg.min_end_silence_ms if p >= 0.5 else cfg.max_end_silence_ms
+        else:  # a detector with no policy of its own: the default one
+            from .turn_detector import end_of_turn_silence_ms
+
+            wait = end_of_turn_silence_ms(p, short_ms=cfg.min_end_silence_ms,
+                                          long_ms=cfg.max_end_silence_ms)
         return min(max(wait, cfg.min_end_silence_ms), cfg.max_end_silence_ms)
 
     def _maybe_barge_in(self) -> None:

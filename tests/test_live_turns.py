@@ -187,6 +187,28 @@ async def test_barge_in_cancels_a_kept_draft_within_100_ms():
     await out.close()
 
 
+class UnsureDetector:
+    """Half sure the turn is over: a wait between the short and the long one."""
+
+    name = "unsure"
+
+    def end_probability(self, text: str, history=None) -> float:
+        return 0.5
+
+
+async def test_a_client_that_stops_sending_audio_still_gets_its_turn_ended():
+    # All the audio at once, then nothing: the judgement asks for more silence than was
+    # sent, and the wall clock ends the turn when no more audio comes.
+    agent, _ = voice_agent()
+    live, out = await start(agent, UnsureDetector(), preemptive=False)
+    await speak(live, silence(0.2) + said(0.8, TIME) + silence(0.3), realtime=False)
+    turn = await out.wait_for("user_turn", timeout=5)
+    assert turn.text == "What time is it?"
+    eot = out.of("speech_stopped")[-1]["end_of_turn"]
+    assert eot["detector"] == "semantic" and 250 < eot["wait_ms"] < 1200
+    await out.close()
+
+
 class SeenFirst(Middleware):
     """Records every clause it approves; the Talker must never get one it did not see."""
 

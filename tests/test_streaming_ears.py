@@ -228,7 +228,9 @@ def test_final_after_the_pauses_were_transcribed_runs_one_recognition_at_most(ea
                 stream.append(f)
         text = asyncio.run(stream.final())
         assert len(counting.heard) - before == calls_at_end
-        assert word_match(text, clip.text) >= 0.9, text
+        # This test counts recognitions; accuracy is the WER test's. Whisper may hear a
+        # homophone here ("four" -> "for", "eight" -> "8"): one or two words may differ.
+        assert word_match(text, clip.text) >= 0.75, text
 
 
 @pytest.mark.slow
