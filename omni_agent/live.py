@@ -21,8 +21,8 @@ What it does with the audio (the VAD and the :class:`~omni_agent.vad.Endpointer`
   done); a complete sentence ends the turn after ``min_end_silence_ms`` of silence, an
   unfinished one waits up to ``max_end_silence_ms``. Off (``semantic_turn=False``), or
   without a transcript, ``end_silence_ms`` of silence ends it;
-* **preemptive thinking**: when the detector says the sentence is complete, the agent's
-  turn starts at once as a *draft* on the interim transcript: the bus runs as always, but
+* **preemptive thinking**: at a pause the agent's turn starts at once as a *draft* on the
+  interim transcript, while the turn detector judges it: the bus runs as always, but
   nothing of it is sent (spoken) or remembered until the end of turn is confirmed with
   the same transcript. When the user goes on speaking, or the final transcript differs,
   the draft is cancelled and forgotten and the turn runs again;
@@ -142,8 +142,8 @@ class LiveConfig(BaseModel):
     * ``streaming_asr`` — transcribe at each pause while the user speaks (needs the
       whisper ears and a 16 kHz VAD); False: the whole turn is transcribed at its end.
     * ``pause_ms`` — silence that counts as a pause (transcribe, judge, maybe draft).
-    * ``preemptive`` — start the agent's turn as a draft when a pause looks like the end
-      of the turn; nothing of it is sent or remembered until the end is confirmed.
+    * ``preemptive`` — start the agent's turn as a draft at each pause, on the words so
+      far; nothing of it is sent or remembered until the end is confirmed with them.
     * ``pre_roll_ms`` — audio kept from just before speech was detected (word onsets).
     * ``threshold`` — VAD probability that counts as speech.
     * ``max_turn_seconds`` — longest user turn (at most 40 minutes).
@@ -648,6 +648,10 @@ class LiveSession:
                                         "turn_id": None})
             if listen.gen != gen or not text or not self._judges():
                 return  # resumed (judged at the next pause), too short alone, or no judge
+            if self.config.preemptive:
+                # The draft starts now, beside the judgement (another core): if the user
+                # says no more, these are the turn's words whatever the judge says.
+                self._start_draft(listen, text)
             p = await self._end_probability(text)
             if listen.gen != gen or self._listen is not listen:
                 return
@@ -670,8 +674,6 @@ class LiveSession:
         # in one go, a muted microphone) would stop it, so the wall clock backs it up.
         self._tg.start_soon(self._end_if_no_audio, listen, listen.gen, self._ep.frames,
                             (wait - self._ep.silence_ms) / 1000.0)
-        if self.config.preemptive and wait <= self.config.min_end_silence_ms + 1:
-            self._start_draft(listen, text)
 
     async def _end_if_no_audio(self, listen: _Listen, gen: int, frames: int, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))

@@ -116,7 +116,11 @@ async def test_a_mid_sentence_pause_does_not_end_the_turn():
     assert stopped["end_of_turn"]["wait_ms"] == 250  # a complete sentence: the short wait
     interim = [m["text"] for m in out.of("transcript") if not m["final"]]
     assert interim[0] == "I'd like to book a table for"  # shown while the user still spoke
-    assert talker.spoken == ["You asked about I'd like to book a table for two people tonight."]
+    # Sent to the client: only the reply to the whole sentence (a draft on the first half
+    # was thought, maybe synthesized, and thrown away).
+    assert [u.text for u in out.of("utterance")] == [
+        "You asked about I'd like to book a table for two people tonight."]
+    assert live.drafts["discarded"] == 1 and live.drafts["kept"] == 1
     await out.close()
 
 
