@@ -827,7 +827,11 @@ class LiveSession:
             return
         draft = listen.draft = _Draft(text)
         self.drafts["started"] += 1
-        turn = UserTurn(parts=[TextPart(text)])
+        # A spoken turn, heard already: its audio so far, with the interim transcript.
+        assert self._ep is not None
+        pcm = np.concatenate(self._ep.speech).astype("<i2").tobytes() if self._ep.speech else b""
+        turn = UserTurn(parts=[AudioPart(pcm=pcm, sample_rate=self.vad.sample_rate, mime="audio/L16",
+                                         transcript=text)])
         prev, self._last_done = self._last_done, draft.done
         self._tg.start_soon(self._draft_task, turn, draft, prev)
 

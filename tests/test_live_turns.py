@@ -167,6 +167,8 @@ async def test_a_kept_draft_is_sent_only_after_the_end_of_turn():
     assert kinds.index("transcript") < kinds.index("user_turn")
     lat = await out.wait_for("latency")
     assert lat["draft"] == "kept" and live.drafts == {"started": 1, "kept": 1, "discarded": 0}
+    (part,) = out.of("user_turn")[0].parts  # still a spoken turn: its audio and transcript
+    assert part.kind == "audio" and part.transcript == "What time is it?" and part.pcm
     # Figures from the true end of speech: the wait (~250 ms) is in them, no more.
     assert lat["speech_end_ms"] == pytest.approx(1000, abs=80)
     first = lat["from_speech_end_ms"]["first_audio_sent"]
