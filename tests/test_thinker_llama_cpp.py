@@ -186,6 +186,40 @@ async def test_the_kv_cache_is_reused_across_turns(thinker: LlamaCppThinker) -> 
     assert evaluated[0] < events[-1].prompt_tokens  # only the new part of the prompt
 
 
+async def test_a_long_prompt_comes_back_from_its_saved_state_after_another_one(
+        thinker: LlamaCppThinker) -> None:
+    # A tool round's long system note and examples, a plain round in between, then the
+    # tool round again with one more message: only the new part is evaluated, and the
+    # answer is the one a fresh context gives.
+    note = Message("system", "You call tools. current_time(timezone) tells the time. " * 12)
+    examples = [m for _ in range(4) for m in (Message("user", "What time is it in Paris?"),
+                                              Message("assistant", "It is noon in Paris."))]
+    greedy = GenerationSettings(max_tokens=12, temperature=0.0)
+    tool = ThinkerRequest(messages=[note, *examples, Message("user", "Time in Oslo?")], settings=greedy)
+    again = ThinkerRequest(messages=[note, *examples, Message("user", "Time in Lima?")], settings=greedy)
+    await collect(thinker, tool)
+    await collect(thinker, ask("What is the capital of France?", settings=greedy))
+    evaluated: list[int] = []
+    real = thinker.llama.eval
+
+    def spy(tokens):  # type: ignore[no-untyped-def]
+        evaluated.append(len(tokens))
+        return real(tokens)
+
+    thinker.llama.eval = spy
+    try:
+        events = await collect(thinker, again)
+    finally:
+        del thinker.llama.eval
+    assert events[-1].prompt_tokens > 200
+    assert evaluated[0] < 20  # "Time in Lima?" and the template around it, not the note
+    fresh = LlamaCppThinker.default().load()
+    try:
+        assert text_of(events) == text_of(await collect(fresh, again))
+    finally:
+        await fresh.aclose()
+
+
 async def test_embedded_agent_answers_the_time_in_tokyo_in_one_round(thinker: LlamaCppThinker) -> None:
     agent = Agent(thinker=thinker, tools=[current_time, calculator],
                   middleware=[ToolCalling(router=True, return_direct=["current_time"])])

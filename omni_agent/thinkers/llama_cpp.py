@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -131,6 +132,7 @@ class LlamaCppThinker:
         self._ll_tokenizer: Any = None
         self._lock = threading.Lock()
         self._worker = GenerationWorker("omni-llama", max_ahead=_QUEUE_SIZE)
+        self._prompts = _PromptStates()
 
     @classmethod
     def default(cls, **kwargs: Any) -> "LlamaCppThinker":
@@ -448,12 +450,17 @@ class LlamaCppThinker:
             while keep < n and int(old[keep]) == tokens[keep]:
                 keep += 1
             keep = min(keep, len(tokens) - 1)  # at least one token is evaluated: fresh logits
+        saved = self._prompts.best(tokens, better_than=keep)
+        if saved is not None:
+            # Restored: the saved prompt's shared part is kept. Failed: the context is empty.
+            keep = min(saved[0], len(tokens) - 1) if self._prompts.restore(llm, saved) else 0
         if keep and llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             llm.n_tokens = keep
         else:
             llm.reset()
             keep = 0
         llm.eval(tokens[keep:])
+        self._prompts.save(llm, tokens)
 
     @staticmethod
     def _pick(logits: Any, temperature: float, top_p: float, rng: Any) -> int:
@@ -500,6 +507,67 @@ class LlamaCppThinker:
 
     def __repr__(self) -> str:
         return f"LlamaCppThinker({str(self.path)!r}, threads={self.threads})"
+
+
+class _PromptStates:
+    """The KV states of a few recent prompts (sequence 0 of the one llama.cpp context).
+
+    The context holds one conversation's cache; a turn that alternates prompts (a tool
+    round's system note and examples, then a plain round) would evaluate the long shared
+    part again each time. A prompt that shares more with a saved one than with what the
+    context holds now restores that state and evaluates only what follows (measured: the
+    embedded tool round's ~3.5 s prefill becomes the new part's). Only prompts of at least
+    ``min_tokens`` are kept, ``size`` of them (each ~23 KB a token for the embedded model).
+    """
+
+    def __init__(self, size: int = 3, min_tokens: int = 128, min_gain: int = 64):
+        self.size, self.min_tokens, self.min_gain = size, min_tokens, min_gain
+        self.items: list[tuple[list[int], Any]] = []  # (prompt tokens, state bytes), newest last
+
+    @staticmethod
+    def _shared(a: list[int], b: list[int]) -> int:
+        n = min(len(a), len(b))
+        i = 0
+        while i < n and a[i] == b[i]:
+            i += 1
+        return i
+
+    def best(self, tokens: list[int], *, better_than: int) -> tuple[int, Any, list[int]] | None:
+        """The saved state sharing the longest prefix with ``tokens``, if it beats what
+        the context shares already by ``min_gain`` tokens: (shared, state, its tokens)."""
+        top: tuple[int, Any, list[int]] | None = None
+        for key, data in self.items:
+            n = self._shared(key, tokens)
+            if n >= better_than + self.min_gain and (top is None or n > top[0]):
+                top = (n, data, key)
+        return top
+
+    def restore(self, llm: Any, saved: tuple[int, Any, list[int]]) -> bool:
+        import llama_cpp
+
+        n, data, key = saved
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        if not llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, data, len(data), 0):
+            llm.reset()
+            return False
+        llm.input_ids[:len(key)] = key
+        llm.n_tokens = len(key)
+        return True
+
+    def save(self, llm: Any, tokens: list[int]) -> None:
+        import llama_cpp
+
+        if self.size <= 0 or len(tokens) < self.min_tokens:
+            return
+        size = llama_cpp.llama_state_seq_get_size(llm._ctx.ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(llm._ctx.ctx, buf, size, 0) != size:
+            return
+        # The same family of prompt (most of it shared) replaces its older state.
+        self.items = [(k, d) for k, d in self.items if self._shared(k, tokens) < len(k) // 2]
+        self.items.append((list(tokens), buf))
+        if len(self.items) > self.size:
+            del self.items[: len(self.items) - self.size]
 
 
 def _quiet(llama_cpp: Any) -> Any:
