@@ -7,7 +7,7 @@ router's precision and recall (tool needed / no tool needed) on its larger case 
     .venv/bin/python bench/tool_success.py --no-router  # the model alone, for comparison
 
 The embedded default runs on llama.cpp when llama-cpp-python is installed, and says the
-time tool's result as the answer (``return_direct``): one Thinker round per time question.
+time and calculator results as the answer (``return_direct``): one Thinker round each.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ def main() -> None:
     t0 = time.monotonic()
     thinker.load()
     mw = ToolCalling(router=not args.no_router, filler=None,
-                     return_direct=() if args.no_return_direct else ["current_time"])
+                     return_direct=() if args.no_return_direct else ["current_time", "calculator"])
     agent = Agent(thinker=thinker, tools=[current_time, calculator], middleware=[mw],
                   system_prompt=SYSTEM, settings=GenerationSettings(max_tokens=96))
     agent._run_sync(agent.warm_up())
     print(f"{thinker.name}: loaded in {time.monotonic() - t0:.1f} s; mode: "
           f"{'model alone' if args.no_router else 'router + constrained decoding'}"
-          f"{'' if args.no_return_direct else ', time answers said as the tool gave them'}", flush=True)
+          f"{'' if args.no_return_direct else ', tool results said as the tools gave them'}", flush=True)
     report = evaluate(agent, progress=lambda o: print(("ok  " if o.ok else "BAD ") + o.scenario.request,
                                                       flush=True))
     print()

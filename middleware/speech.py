@@ -430,6 +430,16 @@ def _say_number(m: Any, nums: _Numbers) -> str | None:
     return nums.cardinal(v)
 
 
+# An operator spaced between numbers ("17 * 23 = 391", a calculator's answer): words.
+_ARITH_EN = regex.compile(r"(?<=\d) ([*×÷/+=]) (?=[-−]?\d)", _F)
+_ARITH_WORDS_EN = {"*": "times", "×": "times", "÷": "divided by", "/": "divided by", "+": "plus",
+                   "=": "is"}
+
+
+def _say_arith(m: Any, nums: _Numbers) -> str:
+    return f" {_ARITH_WORDS_EN[m.group(1)]} "
+
+
 def _only(lang: str, rx: Any) -> Callable[[str], Any]:
     return lambda base: rx if base == lang else None
 
@@ -437,6 +447,7 @@ def _only(lang: str, rx: Any) -> Callable[[str], Any]:
 # The kinds in the order they are tried (a price before a plain number, a date before a
 # time): for a language, the pattern that finds the kind (None: not in that language).
 _NUMBER_KINDS: list[tuple[Callable[[str], Any], Callable[[Any, _Numbers], str | None]]] = [
+    (_only("en", _ARITH_EN), _say_arith),
     (lambda base: _MONEY_BEFORE, _say_money_before),
     (lambda base: _MONEY_AFTER, _say_money_after),
     (lambda base: _PERCENT, _say_percent),

@@ -115,3 +115,13 @@ def test_the_talkers_language_is_used_when_nothing_else_says_it():
               middleware=[SpeechShaper()]).ask("?")
     assert [u.text for u in r.utterances] == ["Es kostet drei Euro um zehn Uhr dreißig."]
     assert len(r.audio) > 0
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("17 * 23 = 391", "seventeen times twenty-three is three hundred and ninety-one"),
+    ("144 / 12 = 12", "one hundred and forty-four divided by twelve is twelve"),
+    ("2 × 3 + 1 = 7", "two times three plus one is seven"),
+    ("3 - 5 days", "three - five days"),  # a range, not a sum: left alone
+])
+def test_a_calculators_answer_is_spoken_as_a_sentence(text, said):
+    assert speakable(text) == said

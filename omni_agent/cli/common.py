@@ -77,7 +77,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def default_config() -> dict[str, Any]:
     """The embedded default agent: SmolLM2-135M-Instruct on llama.cpp (transformers when
     llama-cpp-python is not installed), on CPU, with the time and calculator tools (the
-    time tool's answer is said as it is, in one Thinker round), and retrieval over the default collection once
+    time and calculator tools' answers are said as they are, in one Thinker round), and retrieval over the default collection once
     documents were ingested (``omni-agent ingest PATH``)."""
     from ..middleware.rag import default_rag_config
 
@@ -88,7 +88,7 @@ def default_config() -> dict[str, Any]:
         "generation": {"max_tokens": 96},
         # The router picks a tool from the user's words and constrained decoding writes a
         # valid call: SmolLM2-135M does not call tools on its own (docs/tools.md).
-        "middleware": [{"use": "tools", "router": True, "return_direct": ["current_time"]}],
+        "middleware": [{"use": "tools", "router": True, "return_direct": ["current_time", "calculator"]}],
     }
     rag = default_rag_config()
     if rag is not None:
