@@ -297,6 +297,12 @@ def test_a_model_without_a_chat_template_says_what_to_do(tmp_path) -> None:  # t
     assert isinstance(events[-1], Finish)
 
 
+def test_bad_batch_threads_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="batch_threads"):
+        LlamaCppThinker(batch_threads=0)
+    assert LlamaCppThinker().batch_threads >= 1
+
+
 def test_bad_threads_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="threads"):
         LlamaCppThinker(threads=0)
