@@ -259,7 +259,9 @@ def paused_booking() -> bytes:
     from omni_agent.talkers.piper import PiperTalker
 
     async def synth(text: str) -> np.ndarray:
-        chunks = [c async for c in PiperTalker().speak(Utterance(text=text))]
+        # No generator noise: the same audio every run, so whisper hears the same words.
+        voice = PiperTalker(noise_scale=0.0, noise_w_scale=0.0)
+        chunks = [c async for c in voice.speak(Utterance(text=text))]
         pcm = b"".join(c.pcm for c in chunks)
         return resample(pcm16_to_float(pcm), chunks[0].sample_rate, 16000)
 

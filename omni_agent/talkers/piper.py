@@ -53,7 +53,9 @@ class PiperTalker:
     ``config``: its JSON config (default: ``<voice>.json``). ``length_scale`` < 1 speaks
     faster (or see :meth:`with_speed`); ``noise_w_scale`` is the randomness of phoneme
     durations (default the voice's, which makes one text's length vary by a few percent
-    between renderings; 0 gives the same timing every time); ``speaker_id`` picks a
+    between renderings; 0 gives the same timing every time); ``noise_scale`` is the
+    generator's noise (0 with ``noise_w_scale=0``: the same audio every time, for tests);
+    ``speaker_id`` picks a
     speaker of a multi-speaker voice; ``volume`` scales the
     (normalized) output. ``threads`` is the ONNX intra-op thread count (1 suits a small
     shared CPU; raise it on a big machine). ``chunk_ms`` caps the length of each yielded
@@ -67,7 +69,7 @@ class PiperTalker:
 
     def __init__(self, voice: str | Path | None = None, *, config: str | Path | None = None,
                  length_scale: float | None = None, noise_w_scale: float | None = None,
-                 speaker_id: int | None = None,
+                 noise_scale: float | None = None, speaker_id: int | None = None,
                  volume: float = 1.0, threads: int = 1, chunk_ms: int = 250,
                  lang: str | None = None):
         try:
@@ -99,7 +101,7 @@ class PiperTalker:
             raise ModelNotFoundError(f"cannot load Piper voice {model}: {e}") from e
         self._voice = PiperVoice(session=session, config=cfg)
         self._syn = SynthesisConfig(length_scale=length_scale, noise_w_scale=noise_w_scale,
-                                    speaker_id=speaker_id, volume=volume)
+                                    noise_scale=noise_scale, speaker_id=speaker_id, volume=volume)
         self.voice_path = model
         self.sample_rate: int = int(cfg.sample_rate)
         self.lang = lang or getattr(cfg, "espeak_voice", None)
