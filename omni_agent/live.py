@@ -327,7 +327,7 @@ class _Listen:
     """One stretch of user speech being listened to, from its start to the end of turn."""
 
     __slots__ = ("ears", "lock", "gen", "interim", "p_end", "wait_ms", "detector", "model", "draft",
-                 "asr_s", "t_final")
+                 "asr_s")
 
     def __init__(self, ears: Any):
         self.ears = ears  # an EarsStream, or None: the whole turn is transcribed at its end
@@ -340,7 +340,6 @@ class _Listen:
         self.model: str | None = None  # the turn detector that judged it
         self.draft: _Draft | None = None
         self.asr_s = 0.0  # transcription time spent after the end of speech
-        self.t_final: float | None = None
 
     def decision(self) -> dict[str, Any]:
         return {"detector": self.detector, "model": self.model,

@@ -26,7 +26,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ConfigDict, StrictBool, StrictStr, ValidationError, field_validator
+from pydantic import ConfigDict, StrictBool, StrictStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
@@ -36,7 +36,7 @@ from ..errors import AudioInputError, OmniAgentError, UnsupportedInputError
 from ..events import AudioChunk, AudioPart, ErrorEvent, Event, TextPart, TurnEnd, UserTurn, event_to_dict
 from ..tasks import task_group
 from .uploads import decode_upload
-from .wire import SessionId, UnicodeText, WireModel, describe, error_code, fail
+from .wire import SessionId, TurnText, WireModel, describe, error_code
 
 if TYPE_CHECKING:
     from .agent_server import AgentServer
@@ -60,17 +60,10 @@ class TurnRequest(WireModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: UnicodeText
+    text: TurnText
     session_id: SessionId | None = None
     audio: StrictBool = False
     events: StrictBool = False
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise fail("must be a non-empty string")
-        return text
 
 
 class VoiceParams(WireModel):

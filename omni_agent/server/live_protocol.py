@@ -43,7 +43,7 @@ from ..errors import ConfigError, OmniAgentError
 from ..events import AudioChunk, Event, UserTurn, event_to_dict
 from ..live import LiveConfig
 from .sockets import dumps
-from .wire import SessionId, UnicodeText, WireModel, describe, error_code, fail
+from .wire import SessionId, TurnText, WireModel, describe, error_code, fail
 
 __all__ = ["LiveProtocol", "ProtocolError", "LiveSettings", "ConnectParams", "Audio", "AudioMessage",
            "TextMessage", "PlaybackMessage", "InterruptMessage", "EndTurnMessage", "ConfigureMessage",
@@ -181,14 +181,7 @@ class TextMessage(_Message):
 
     example: ClassVar[str] = '{"type": "text", "text": "hello"}'
     type: Literal["text"]
-    text: UnicodeText
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise fail("must be a non-empty string")
-        return text
+    text: TurnText
 
 
 class PlaybackMessage(_Message):

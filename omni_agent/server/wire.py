@@ -62,6 +62,16 @@ def _valid_unicode(text: str) -> str:
 #: A string that is valid Unicode (no lone surrogates); error code ``bad_text`` otherwise.
 UnicodeText = Annotated[str, AfterValidator(_valid_unicode)]
 
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise fail("must be a non-empty string")
+    return text
+
+
+#: A user's typed turn: valid Unicode (``bad_text``), and not empty or only spaces.
+TurnText = Annotated[UnicodeText, AfterValidator(_not_blank)]
+
 #: What a session id may be, in words (the pattern of :data:`SessionId`).
 SESSION_ID_RULE = "1-64 letters, digits or _.:-"
 
