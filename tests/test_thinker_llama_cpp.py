@@ -42,6 +42,22 @@ async def collect(thinker: LlamaCppThinker, request: ThinkerRequest) -> list:
     return [ev async for ev in thinker.stream(request)]
 
 
+async def collect_counting(thinker: LlamaCppThinker, request: ThinkerRequest) -> tuple[list, list[int]]:
+    """The events, and how many tokens each llama.cpp ``eval`` call evaluated."""
+    evaluated: list[int] = []
+    real = thinker.llama.eval
+
+    def spy(tokens):  # type: ignore[no-untyped-def]
+        evaluated.append(len(tokens))
+        return real(tokens)
+
+    thinker.llama.eval = spy
+    try:
+        return await collect(thinker, request), evaluated
+    finally:
+        del thinker.llama.eval
+
+
 def text_of(events: list) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
@@ -171,18 +187,7 @@ async def test_the_kv_cache_is_reused_across_turns(thinker: LlamaCppThinker) -> 
     follow = ThinkerRequest(messages=first.messages + [Message("assistant", "Paris."),
                                                        Message("user", "And of Italy?")],
                             settings=GenerationSettings(max_tokens=8))
-    evaluated: list[int] = []
-    real = thinker.llama.eval
-
-    def spy(tokens):  # type: ignore[no-untyped-def]
-        evaluated.append(len(tokens))
-        return real(tokens)
-
-    thinker.llama.eval = spy
-    try:
-        events = await collect(thinker, follow)
-    finally:
-        del thinker.llama.eval
+    events, evaluated = await collect_counting(thinker, follow)
     assert evaluated[0] < events[-1].prompt_tokens  # only the new part of the prompt
 
 
@@ -199,18 +204,7 @@ async def test_a_long_prompt_comes_back_from_its_saved_state_after_another_one(
     again = ThinkerRequest(messages=[note, *examples, Message("user", "Time in Lima?")], settings=greedy)
     await collect(thinker, tool)
     await collect(thinker, ask("What is the capital of France?", settings=greedy))
-    evaluated: list[int] = []
-    real = thinker.llama.eval
-
-    def spy(tokens):  # type: ignore[no-untyped-def]
-        evaluated.append(len(tokens))
-        return real(tokens)
-
-    thinker.llama.eval = spy
-    try:
-        events = await collect(thinker, again)
-    finally:
-        del thinker.llama.eval
+    events, evaluated = await collect_counting(thinker, again)
     assert events[-1].prompt_tokens > 200
     assert evaluated[0] < 20  # "Time in Lima?" and the template around it, not the note
     fresh = LlamaCppThinker.default().load()
