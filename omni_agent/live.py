@@ -163,7 +163,7 @@ class LiveConfig(BaseModel):
     min_end_silence_ms: _Ms = 250
     max_end_silence_ms: _Ms = 1200
     streaming_asr: StrictBool = True
-    pause_ms: _Ms = 200
+    pause_ms: _Ms = 150
     preemptive: StrictBool = True
     pre_roll_ms: _Ms = 300
     threshold: Annotated[float, Field(strict=True, gt=0.0, lt=1.0)] = 0.5
@@ -311,10 +311,13 @@ class _Gate:
 class _Draft:
     """A preemptive turn started on an interim transcript."""
 
-    __slots__ = ("text", "gate", "scope", "done", "in_agent_turn", "times", "t_confirmed")
+    __slots__ = ("text", "gate", "scope", "done", "in_agent_turn", "times", "t_confirmed",
+                 "thinking")
 
     def __init__(self, text: str):
         self.text = text
+        #: set once the Thinker has read its prompt (its first output) or the draft ended
+        self.thinking = anyio.Event()
         self.times: _TurnTimes | None = None  # set when it is kept
         self.t_confirmed = 0.0
         self.gate = _Gate()
@@ -361,6 +364,8 @@ class _TurnTimes:
 
 
 _GAP_KEEP = 4  # silent frames (~128 ms) kept before resumed speech for the ears
+#: the longest the end-of-turn judgement waits for a draft's Thinker to read its prompt
+_JUDGE_YIELD_S = 0.25
 
 _detector_lock = threading.Lock()
 _shared_detector: Any = None
@@ -648,9 +653,17 @@ class LiveSession:
             if listen.gen != gen or not text or not self._judges():
                 return  # resumed (judged at the next pause), too short alone, or no judge
             if self.config.preemptive:
-                # The draft starts now, beside the judgement (another core): if the user
-                # says no more, these are the turn's words whatever the judge says.
+                # The draft starts now: if the user says no more, these are the turn's
+                # words whatever the judge says. The judgement waits until the Thinker has
+                # read its prompt (two threads), then runs beside its decoding (one): on
+                # two cores the draft's first audio is what the user waits for.
                 self._start_draft(listen, text)
+                draft = listen.draft
+                if draft is not None:
+                    with anyio.move_on_after(_JUDGE_YIELD_S):
+                        await draft.thinking.wait()
+                if listen.gen != gen or self._listen is not listen:
+                    return
             p = await self._end_probability(text)
             if listen.gen != gen or self._listen is not listen:
                 return
@@ -848,6 +861,7 @@ class LiveSession:
                 await self._outbox.put(ErrorEvent(message=f"{type(e).__name__}: {e}", stage="agent",
                                                   session_id=self.session.id))
         finally:
+            draft.thinking.set()
             draft.done.set()
 
     def _discard_draft(self, listen: _Listen) -> None:
@@ -1111,6 +1125,8 @@ class LiveSession:
         async with task_group() as tg:
             tg.start_soon(pump)
             async for ev in events:
+                if type(ev) is not UserTurn:
+                    draft.thinking.set()
                 if gate.state == "discarded":
                     continue  # read to the end: the agent's turn finishes (forgetting itself)
                 if gate.state == "open" and not gate.flushing:

@@ -20,7 +20,10 @@ Rules, in the order they matter for speech:
 * A newline ends a clause (paragraphs and list items are spoken one by one).
 * CJK sentence ends ``。！？`` need no space; ``，、；：`` are CJK clause marks.
 * The **first** utterance of a turn may be a short first clause (cut at ``, ; : —`` once
-  it has ``first_min_chars``), so the Talker starts early. Later clauses are whole
+  it has ``first_min_chars``), so the Talker starts early. A first sentence with no
+  clause mark in its first ``first_words`` words is cut at a phrase boundary: before a
+  joining word ("of", "the", "and", "which" ...) once it has three words, else after
+  ``first_words`` words, never between the groups of a number ("+1 555 | 123"). Later clauses are whole
   sentences, unless a sentence grows past ``max_chars``: then it is cut at its last
   clause mark, or at the last space. No utterance is longer than ``max_chars``, however
   the text arrives (one huge delta or many small ones), and feeding is linear in it.
@@ -59,6 +62,15 @@ _SENT_PUNCT = ".!?…"
 _CJK_SENT = "。！？"
 _CJK_CLAUSE = "，、；："
 _CLAUSE = ",;:"
+# Words a phrase starts with: the first utterance may be cut just before one of them.
+_JOINERS = frozenset("""
+a an the of in on at for from with by about into over after before under between
+and or but so because although though while when where which who whom whose that than
+if whether until unless
+""".split())
+# Never the last word of a cut phrase ("I'd like to | book" is worse than "I'd like | to").
+_NO_END = _JOINERS | frozenset("to is are was were be been my your his her its our their this".split())
+_WORD = re.compile(r"\S+")
 # What may follow a sentence end and still belongs to it.
 _CLOSERS = "\"')]}”’»」』）】〉》*_`"
 _OPENERS = "\"'([{“‘«「『（【〈《*_`"
@@ -114,18 +126,22 @@ class Segmenter:
     rest (at the end of a Thinker round or turn); ``reset()`` forgets everything.
 
     ``first_clause``: let the first utterance end at a clause mark (faster first audio).
-    ``first_min_chars``: the shortest first clause cut that way. ``max_chars``: a
+    ``first_min_chars``: the shortest first clause cut that way. ``first_words``: a first
+    sentence with no clause mark by then is cut at a phrase boundary within this many
+    words (0: only at clause marks). ``max_chars``: a
     sentence longer than this is cut at a clause mark or space. ``min_chars``: shorter
     pieces are joined to the next one (except at the end).
     """
 
-    __slots__ = ("first_clause", "first_min_chars", "max_chars", "min_chars", "_buf", "_scan",
+    __slots__ = ("first_clause", "first_min_chars", "first_words", "max_chars", "min_chars",
+                 "_buf", "_scan",
                  "_count", "_last_clause", "_fit_from", "_fit_end", "_fit_weight", "_full")
 
     def __init__(self, first_clause: bool = True, min_chars: int = 1, *, first_min_chars: int = 10,
-                 max_chars: int = 250):
+                 max_chars: int = 250, first_words: int = 6):
         self.first_clause = first_clause
         self.first_min_chars = first_min_chars
+        self.first_words = max(0, int(first_words))
         self.max_chars = max_chars
         self.min_chars = max(1, min_chars)
         self.reset()
@@ -193,6 +209,8 @@ class Segmenter:
                         and _weight(buf[lo:end].strip()) >= self.first_min_chars):
                     i = end
                     continue
+            if self._count == 0 and not out and self.first_clause and self.first_words:
+                end = self._phrase_cut(buf, lo, end) or end
             piece = buf[lo:end].strip()
             if kind in ("clause", "line") and len(piece) < self.min_chars and \
                     _weight(piece) < self.min_chars:
@@ -203,6 +221,14 @@ class Segmenter:
             lo = i = _skip_space(buf, end)
             self._last_clause = 0
             limit = self._fit(buf, lo)
+        if self._count == 0 and not out and self.first_clause and self.first_words:
+            # No boundary yet: a long first phrase may still be cut (text before i has no
+            # boundary; what follows the cut is scanned from there next time).
+            cut = self._phrase_cut(buf, lo, i)
+            if cut:
+                out.append(buf[lo:cut].strip())
+                lo = _skip_space(buf, cut)
+                i = max(i, lo)
         # Keep only the utterance being built; indexes become relative to it.
         self._buf = buf[lo:]
         self._scan = i - lo
@@ -251,6 +277,34 @@ class Segmenter:
         self._fit_end, self._fit_weight = end, self.max_chars - room
         self._full = end < n
         return end
+
+    def _phrase_cut(self, buf: str, lo: int, stop: int) -> int:
+        """Where to cut a long first phrase ``buf[lo:stop]`` (no boundary in it), or 0.
+
+        Only whole words count (a word followed by a space: " the" may still become
+        " theory"). The cut goes before the first joining word after at least three
+        words, else after ``first_words`` words once another word has begun; never
+        between the groups of one number."""
+        n = self.first_words
+        if stop - lo < 8 or " " not in buf[lo:stop]:
+            return 0
+        words = []
+        for m in _WORD.finditer(buf, lo, stop):
+            if m.end() >= len(buf) or not buf[m.end()].isspace():
+                break  # the last word may go on
+            words.append(m)
+            if len(words) > n:
+                break
+        for k in range(3, min(len(words), n)):
+            w = words[k].group().lower().strip("\"'(“‘")
+            if w in _JOINERS and not _inside_number(buf, words[k].start() - 1, lo):
+                return words[k - 1].end()
+        if len(words) > n and (n > 0):
+            for k in range(n, 2, -1):  # after word k: not a joining word, not inside a number
+                if (words[k - 1].group().lower() not in _NO_END
+                        and not _inside_number(buf, words[k - 1].end(), lo)):
+                    return words[k - 1].end()
+        return 0
 
     def _space_cut(self, buf: str, lo: int, limit: int) -> int:
         # The longest stretch within max_chars (buf[lo:limit]), ending at a space when

@@ -187,3 +187,56 @@ def test_ears_missing_model_directory_says_what_to_give(tmp_path):
 
     with pytest.raises(ModelNotFoundError, match="ASR model not found"):
         Ears(tmp_path / "nothing-here")
+
+
+def _piper_clip(said: str) -> np.ndarray:
+    from omni_agent.talkers.piper import PiperTalker
+
+    piper = PiperTalker()
+    clip = resample(pcm16_to_float(piper.synthesize(said)), piper.sample_rate, SR)
+    return np.concatenate([silence(0.3), clip, silence(0.6)])
+
+
+def test_a_short_clip_is_heard_through_a_short_encoder_window(ears):
+    said = "What time is it in Tokyo right now?"
+    text = ears.transcribe_samples(_piper_clip(said))
+    assert word_match(text, said) >= 0.85, text
+    assert ears.last_timings["window_s"] == 10.0  # not whisper's padded 30 s
+
+    from omni_agent.ears import Ears
+
+    full = Ears(window_s=None)
+    assert word_match(full.transcribe_samples(_piper_clip(said)), said) >= 0.85
+    assert full.last_timings["window_s"] == 30.0
+
+
+def test_the_guard_redoes_a_short_window_that_repeats_itself():
+    # Whisper tiny.en repeats these sentences when its window is barely longer than the
+    # speech ("Open the garage door. Open the garage ..."): the guard must catch each
+    # loop and redo it with the full window, so every transcript stays right.
+    from omni_agent.ears import Ears
+
+    ears = Ears(window_s=2.0)
+    said = ["How many minutes are there in a day?", "Open the garage door.",
+            "How do I make a cup of green tea?", "What should I cook for dinner tonight?"]
+    for s in said:
+        text = ears.transcribe_samples(_piper_clip(s))
+        assert word_match(text, s) >= 0.8, text
+        assert len(text.split()) <= len(s.split()) + 2, text  # no repetition got through
+    assert ears.fallbacks >= 1
+
+
+def test_repetition_is_recognised():
+    from omni_agent.ears import _repeats
+
+    assert _repeats("Open the garage door. Open the garage")
+    assert _repeats("what is 12 times 12 times 12 times 15")
+    assert not _repeats("Open the garage door.")
+    assert not _repeats("I think that I will go, and then I will think again.")
+
+
+def test_a_bad_window_is_refused():
+    from omni_agent.ears import Ears
+
+    with pytest.raises(ConfigError, match="window_s"):
+        Ears(window_s=0.5)

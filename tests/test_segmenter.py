@@ -115,14 +115,52 @@ def test_japanese_sentences_split():
 
 def test_first_utterance_may_be_a_short_clause():
     text = "Paris is the capital of France, and it is lovely, old and big. It has museums, parks."
-    assert segment(text, step=1) == [
+    assert segment(text, step=1, first_words=0) == [
         "Paris is the capital of France,", "and it is lovely, old and big.", "It has museums, parks."]
 
 
 def test_first_clause_is_cut_as_soon_as_its_comma_arrives():
-    seg = Segmenter()
+    seg = Segmenter(first_words=0)
     assert seg.feed("Paris is the capital of France") == []
     assert seg.feed(",") == ["Paris is the capital of France,"]
+
+
+def test_a_long_first_phrase_is_cut_before_a_joining_word():
+    text = "Le Grand Paris is the capital of France. It is old."
+    for step in (1, 3, None):
+        assert segment(text, step=step) == ["Le Grand Paris is", "the capital of France.", "It is old."]
+
+
+def test_a_first_phrase_is_cut_only_after_whole_words():
+    seg = Segmenter()
+    assert seg.feed("Le Grand Paris is the") == []  # "the" may become "theory"
+    assert seg.feed("ory") == []  # "theory" is no joining word
+    assert seg.feed(" o") == []  # "o" may become "of", or "oranges"
+    assert seg.feed("f France") == ["Le Grand Paris is theory"]
+    assert seg.flush() == ["of France"]
+
+
+def test_a_first_phrase_with_no_joining_word_is_cut_after_first_words():
+    assert segment("I think you should probably go home now because it is late.", step=2,
+                   first_words=6) == ["I think you should probably go", "home now because it is late."]
+    # Only the first utterance: a later long sentence is whole.
+    assert segment("Yes. I think you should probably go home now because it is late.", step=2) == [
+        "Yes.", "I think you should probably go home now because it is late."]
+
+
+def test_a_first_phrase_is_never_cut_inside_a_number():
+    for text, number in (("Call me on plus 44 20 7946 0958 3333 anytime you like.", "plus 44 20 7946 0958 3333"),
+                         ("Please call me back at 555 123 4567 tomorrow morning.", "555 123 4567"),
+                         ("My card 4111 1111 1111 1111 is the one I use.", "4111 1111 1111 1111")):
+        for step in (1, 2, 5, None):
+            out = segment(text, step=step)
+            assert " ".join(out) == text
+            assert any(number in piece for piece in out), (step, out)
+
+
+def test_a_first_phrase_never_ends_on_a_joining_word():
+    out = segment("You asked about I'd like to book a table for two people tonight.", step=1)
+    assert out == ["You asked about I'd like", "to book a table for two people tonight."]
 
 
 def test_a_too_short_first_clause_waits_for_more():
@@ -161,7 +199,8 @@ def test_reset_forgets_buffer_and_first_clause_state():
     seg = Segmenter()
     seg.feed("Paris is the capital of France, and")
     seg.reset()
-    assert seg.feed("London is the capital of England,") == ["London is the capital of England,"]
+    # The first utterance's rules apply again: the long first phrase is cut.
+    assert seg.feed("London is the capital of England,") == ["London is the capital"]
 
 
 def test_flush_on_empty_buffer_returns_nothing():
