@@ -474,6 +474,7 @@ class LiveSession:
             return
         if self.turn_detector is None:
             self.turn_detector = detector
+            await self._prepare_detector()
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         tg, stack = self._tg, self._stack
@@ -1110,6 +1111,22 @@ class LiveSession:
         if st.reply is None or st.end is None:
             return
         await self._after_turn(st, t0, asr_s, times)
+        if self._tg is not None and not self._closed:
+            self._tg.start_soon(self._prepare_detector)
+
+    async def _prepare_detector(self) -> None:
+        """Between turns: let the turn detector read the context of its next judgement
+        (the conversation so far), so the next pause costs only the new words."""
+        from .turn_detector import PreparesTurn
+
+        detector = self.turn_detector
+        if not self._judges() or not isinstance(detector, PreparesTurn):
+            return
+        try:
+            history = await self.session.ahistory()
+            await anyio.to_thread.run_sync(detector.prepare, history[-2:] if history else None)
+        except Exception as e:  # noqa: BLE001 - only a head start: the judgement works without
+            log.debug("live session: preparing the turn detector failed: %s", e)
 
     async def _run_draft(self, events: AsyncIterator[Event], st: "_TurnOut", draft: _Draft) -> None:
         """A draft's events: held by its gate until the end of turn is decided, then sent

@@ -83,6 +83,15 @@ class TurnDetector(Protocol):
         ...
 
 
+@runtime_checkable
+class PreparesTurn(Protocol):
+    """A turn detector that can read the context of the next judgement ahead of time
+    (between turns), so that at a pause only the user's new words are left to evaluate."""
+
+    def prepare(self, history: list[Message] | None = None) -> int:
+        ...
+
+
 # --------------------------------------------------------------------------- policy
 
 
@@ -426,6 +435,16 @@ class LlamaTurnDetector:
     def end_probability(self, text: str, history: list[Message] | None = None) -> float:
         """The probability that ``text`` (the user's words so far) is a finished turn."""
         return self.score(text, history).p
+
+    def prepare(self, history: list[Message] | None = None) -> int:
+        """Evaluate the next judgement's context now: the system prompt, the last history
+        messages and the open user message, up to where the user's words go. A live
+        session calls it between turns (in a worker thread), so a judgement at the next
+        pause evaluates only the words. Returns how many tokens were evaluated."""
+        self.load()
+        with self._lock:
+            tokens = self.prompt_tokens("", history)
+            return self._feed(tokens) if len(tokens) > 1 else 0
 
     def silence_ms(self, p: float, *, short_ms: float | None = None,
                    long_ms: float | None = None) -> float:

@@ -178,6 +178,33 @@ async def test_a_kept_draft_is_sent_only_after_the_end_of_turn():
     await out.close()
 
 
+class PreparingDetector(WordsDetector):
+    """A detector that reads the next judgement's context between turns."""
+
+    def __init__(self):
+        super().__init__()
+        self.prepared: list[list[str]] = []
+
+    def prepare(self, history=None) -> int:
+        self.prepared.append([m.text for m in history or []])
+        return len(history or [])
+
+
+async def test_the_turn_detector_reads_the_conversation_between_turns():
+    agent, _ = voice_agent()
+    detector = PreparingDetector()
+    live, out = await start(agent, detector)
+    await speak(live, silence(0.2) + said(0.8, TIME) + silence(1.0))
+    await out.wait_for("turn_end", timeout=10)
+    for _ in range(100):
+        if detector.prepared:
+            break
+        await asyncio.sleep(0.02)
+    # The last exchange, as the next judgement will read it.
+    assert detector.prepared == [["What time is it?", "You asked about What time is it."]]
+    await out.close()
+
+
 async def test_barge_in_cancels_a_kept_draft_within_100_ms():
     agent, talker = voice_agent()
     agent.thinker.delay = 0.05

@@ -149,6 +149,20 @@ def test_a_growing_transcript_reuses_the_kv_cache(model) -> None:  # type: ignor
 
 
 @needs_llama
+def test_a_prepared_context_leaves_only_the_words_to_evaluate(model) -> None:  # type: ignore[no-untyped-def]
+    history = [Message("user", "What is the capital of France?"),
+               Message("assistant", "Paris is the capital of France.")]
+    cold = model.score("and what about spain", history)  # the same judgement, not prepared
+    model.score("something else entirely", [Message("user", "hello there")])
+    evaluated = model.prepare(history)
+    assert evaluated > 10  # the system prompt and the history were read now
+    warm = model.score("and what about spain", history)
+    assert warm.evaluated_tokens <= len(model.prompt_tokens("and what about spain")) - len(
+        model.prompt_tokens("")) + 1  # the words only
+    assert warm.p == pytest.approx(cold.p, abs=1e-4)  # and the same judgement
+
+
+@needs_llama
 def test_special_tokens_in_the_text_are_read_as_text(model) -> None:  # type: ignore[no-untyped-def]
     from omni_agent.turn_detector import LlamaTurnDetector
 
