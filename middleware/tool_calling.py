@@ -58,7 +58,18 @@ import contextlib
 import inspect
 import uuid
 from time import monotonic
-from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence, cast
+from typing import (
+    Any,
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Protocol,
+    Sequence,
+    cast,
+    runtime_checkable,
+)
 
 import anyio
 import anyio.to_thread
@@ -79,7 +90,7 @@ from omni_agent.markup_protocol import (
     ToolCalls,
     read_calls,
 )
-from omni_agent.thinker import Message
+from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
 from omni_agent.tools.registry import Tool, ToolRegistry
 
 __all__ = ["ToolCalling", "TagFormat", "HERMES", "TextCallParser", "ParsedCall",
@@ -378,6 +389,38 @@ def _new_id() -> str:
     return f"call_{uuid.uuid4().hex[:12]}"
 
 
+#: How many tools' routed prompts :meth:`ToolCalling.warm_up` evaluates ahead (the first
+#: ones of the registry): each takes ~1-2 s on the embedded model, and ~10 MB pinned.
+WARM_PROMPT_TOOLS = 4
+
+
+@runtime_checkable
+class PromptWarmer(Protocol):
+    """A Thinker that can evaluate a prompt's shared prefix ahead and keep its state
+    (:meth:`omni_agent.thinkers.llama_cpp.LlamaCppThinker.warm_prompt`)."""
+
+    def warm_prompt(self, request: ThinkerRequest) -> int: ...
+
+
+def _routed_round(agent: Any, registry: ToolRegistry, name: str) -> ThinkerRequest:
+    """The request of a first round routed to ``name``, built as a turn builds it
+    (``ToolCalling._route`` shapes the prompt, ``Agent.build_request`` the rest): the
+    agent's system prompt, the earlier calls as text, the tool note and examples with
+    ``name``'s last, the agent's tools, ``tool_choice=name``. The user's text is a
+    stand-in: ``warm_prompt`` keeps only what comes before it."""
+    from omni_agent.tools.prompting import with_calls_as_text, with_tool_examples
+
+    system = getattr(agent, "system_prompt", None) or ""
+    messages = [Message("system", system)] if system else []
+    messages.append(Message("user", "Hello."))
+    tools = getattr(agent, "tools", None)
+    return ThinkerRequest(
+        messages=with_tool_examples(with_calls_as_text(messages), registry, focus=name),
+        tools=tools.openai_schemas() if isinstance(tools, ToolRegistry) else [],
+        tool_choice=name,
+        settings=getattr(agent, "settings", None) or GenerationSettings())
+
+
 class ToolCalling(Middleware):
     """Runs the Thinker's tool calls on the bus (a stream-level middleware).
 
@@ -446,7 +489,10 @@ class ToolCalling(Middleware):
 
     def warm_up(self, agent: Any = None) -> bool:
         """Load what the first routed turn would load (the router's embedding model, the
-        constrained decoder's view of the tokenizer). Returns True if anything was loaded."""
+        constrained decoder's view of the tokenizer) and, with few-shot prompts on a Thinker
+        that pins prompt states (``warm_prompt``: llama.cpp), evaluate the routed prompt of
+        each of the first tools (at most :data:`WARM_PROMPT_TOOLS`) once, so that a tool round
+        only evaluates the conversation. Returns True if anything was loaded."""
         if self.router is None:
             return False
         registry = self.registry or getattr(agent, "tools", None) or ToolRegistry()
@@ -455,14 +501,16 @@ class ToolCalling(Middleware):
             warm(registry)
         thinker = getattr(agent, "thinker", None)
         warm_constraints = getattr(thinker, "warm_constraints", None)
+        tok = getattr(thinker, "tokenizer", None) or getattr(thinker, "_tokenizer", None)
         if self.constrain and callable(warm_constraints):  # llama.cpp: its grammar tokenizer
             warm_constraints()
-            return True
-        tok = getattr(thinker, "tokenizer", None) or getattr(thinker, "_tokenizer", None)
-        if self.constrain and tok is not None and len(registry):
+        elif self.constrain and tok is not None and len(registry):
             from omni_agent.tools.constrained import ToolCallConstraint
 
             ToolCallConstraint(registry, registry.names[:1])(tok)
+        if self.few_shot and isinstance(thinker, PromptWarmer):
+            for name in registry.names[:WARM_PROMPT_TOOLS]:
+                thinker.warm_prompt(_routed_round(agent, registry, name))
         return True
 
     # ------------------------------------------------------------------ helpers

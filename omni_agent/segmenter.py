@@ -65,7 +65,7 @@ _CLAUSE = ",;:"
 # Words a phrase starts with: the first utterance may be cut just before one of them.
 _JOINERS = frozenset("""
 a an the of in on at for from with by about into over after before under between
-and or but so because although though while when where which who whom whose that than
+and or but so because although though while when where which who whom whose than
 if whether until unless
 """.split())
 # Never the last word of a cut phrase ("I'd like to | book" is worse than "I'd like | to").

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
+import threading
 import time
 from datetime import datetime
+from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -42,8 +45,10 @@ async def collect(thinker: LlamaCppThinker, request: ThinkerRequest) -> list:
     return [ev async for ev in thinker.stream(request)]
 
 
-async def collect_counting(thinker: LlamaCppThinker, request: ThinkerRequest) -> tuple[list, list[int]]:
-    """The events, and how many tokens each llama.cpp ``eval`` call evaluated."""
+@contextlib.contextmanager
+def counting_evals(thinker: LlamaCppThinker) -> Iterator[list[int]]:
+    """How many tokens each llama.cpp ``eval`` call evaluates while the block runs (the
+    first of a generation is its prompt's part that was not reused)."""
     evaluated: list[int] = []
     real = thinker.llama.eval
 
@@ -53,9 +58,15 @@ async def collect_counting(thinker: LlamaCppThinker, request: ThinkerRequest) ->
 
     thinker.llama.eval = spy
     try:
-        return await collect(thinker, request), evaluated
+        yield evaluated
     finally:
         del thinker.llama.eval
+
+
+async def collect_counting(thinker: LlamaCppThinker, request: ThinkerRequest) -> tuple[list, list[int]]:
+    """The events, and how many tokens each llama.cpp ``eval`` call evaluated."""
+    with counting_evals(thinker) as evaluated:
+        return await collect(thinker, request), evaluated
 
 
 def text_of(events: list) -> str:
@@ -126,6 +137,26 @@ async def test_a_schema_constrained_tool_call(thinker: LlamaCppThinker) -> None:
     args = json.loads(calls[0].arguments)
     assert set(args) == {"timezone"} and args["timezone"].strip()
     assert events[-1].reason == "tool_calls"
+
+
+async def test_the_tokens_a_grammar_forces_are_evaluated_together_and_write_the_same_call(
+        thinker: LlamaCppThinker) -> None:
+    reg = ToolRegistry([current_time, calculator])
+
+    def request(**kw: object) -> ThinkerRequest:
+        return ask("What time is it in Tokyo?", tools=reg.openai_schemas(), tool_choice="current_time",
+                   constraint=ToolCallConstraint(reg, ["current_time"]),
+                   settings=GenerationSettings(max_tokens=48, temperature=0.0), **kw)
+
+    def calls(events: list) -> list[tuple[str, str]]:
+        return [(e.name, e.arguments) for e in events if isinstance(e, ToolCall)]
+
+    events, evaluated = await collect_counting(thinker, request())
+    # With logprobs every token is sampled and evaluated on its own.
+    one_by_one, evaluated_each = await collect_counting(thinker, request(logprobs=0))
+    assert calls(events) and calls(events) == calls(one_by_one)
+    assert events[-1].completion_tokens == one_by_one[-1].completion_tokens
+    assert len(evaluated) * 3 < len(evaluated_each)  # the tag, the name and the keys at once
 
 
 async def test_tool_choice_required_without_a_constraint_is_still_a_call(thinker: LlamaCppThinker) -> None:
@@ -212,6 +243,120 @@ async def test_a_long_prompt_comes_back_from_its_saved_state_after_another_one(
         assert text_of(events) == text_of(await collect(fresh, again))
     finally:
         await fresh.aclose()
+
+
+GREEDY = GenerationSettings(max_tokens=12, temperature=0.0)
+# A tool round's prompt: a long note every tool shares, then one tool's examples. The note
+# is more than half of it, as in the embedded agent's rounds.
+TOOL_NOTE = Message("system", "You call tools. current_time(timezone) tells the time; "
+                    "calculator(expression) works out sums. Answer in one short sentence. " * 8)
+TOOL_EXAMPLES = {
+    "time": [("What time is it in Paris?", "It is noon in Paris."), ("Time in Rome?", "It is ten in Rome.")],
+    "sum": [("What is 2 plus 2?", "2 plus 2 is 4."), ("What is 9 minus 3?", "9 minus 3 is 6.")],
+}
+
+
+def tool_round(kind: str, question: str, settings: GenerationSettings = GREEDY) -> ThinkerRequest:
+    examples = [m for q, a in TOOL_EXAMPLES[kind] * 2 for m in (Message("user", q), Message("assistant", a))]
+    return ThinkerRequest(messages=[TOOL_NOTE, *examples, Message("user", question)], settings=settings)
+
+
+def topic_prompt(topic: str) -> ThinkerRequest:
+    """A long prompt that shares nothing with the tool rounds but the template's first tokens."""
+    return ThinkerRequest(messages=[Message("system", f"{topic} are the subject here. " * 20),
+                                    Message("user", f"Tell me about {topic}.")],
+                          settings=GenerationSettings(max_tokens=4, temperature=0.0))
+
+
+async def answer_in_a_fresh_context(request: ThinkerRequest) -> str:
+    fresh = LlamaCppThinker.default().load()
+    try:
+        return text_of(await collect(fresh, request))
+    finally:
+        await fresh.aclose()
+
+
+async def test_one_tools_round_does_not_evict_another_tools_saved_state(thinker: LlamaCppThinker) -> None:
+    await collect(thinker, tool_round("time", "Time in Oslo?"))
+    await collect(thinker, tool_round("sum", "What is 3 plus 5?"))  # shares the long note
+    events, evaluated = await collect_counting(thinker, tool_round("time", "Time in Lima?"))
+    assert events[-1].prompt_tokens > 250
+    assert evaluated[0] < 20  # the time round's examples came back with it
+
+
+async def test_the_state_saved_after_an_answer_holds_the_reply(thinker: LlamaCppThinker) -> None:
+    first = tool_round("time", "What time is it in Oslo?")
+    events = await collect(thinker, first)
+    reply, produced = text_of(events), events[-1].completion_tokens
+    assert produced >= 4
+    await collect(thinker, topic_prompt("volcanoes"))  # the context moves to another prompt
+    follow = ThinkerRequest(messages=[*first.messages, Message("assistant", reply),
+                                      Message("user", "And in Lima?")], settings=GREEDY)
+    events, evaluated = await collect_counting(thinker, follow)
+    new = events[-1].prompt_tokens - len(thinker._prompt_tokens(first)) - produced
+    assert evaluated[0] <= new + 2  # the follow-up, not the reply again
+
+
+async def test_a_stopped_generation_leaves_no_saved_state(thinker: LlamaCppThinker) -> None:
+    story = ThinkerRequest(messages=[Message("system", "Glaciers are the subject here. " * 20),
+                                     Message("user", "Tell me a long story about a glacier.")],
+                           settings=GenerationSettings(max_tokens=200))
+    stream = thinker.stream(story)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    await collect(thinker, topic_prompt("comets"))  # the context moves to another prompt
+    events, evaluated = await collect_counting(thinker, story)
+    assert evaluated[0] > events[-1].prompt_tokens - 10  # evaluated again from the start
+
+
+async def test_a_warmed_prompt_stays_pinned_while_other_prompts_come_and_go(thinker: LlamaCppThinker) -> None:
+    n = await asyncio.to_thread(thinker.warm_prompt, tool_round("sum", "What is 7 plus 1?"))
+    later = tool_round("sum", "How much is 6 times 4?")
+    full = thinker._prompt_tokens(later)
+    assert 250 < n < len(full)
+    # The kept part is what any user text follows: the other request starts with it too.
+    assert thinker._prompt_tokens(tool_round("sum", "Zebra"))[:n] == full[:n]
+    for topic in ("rivers", "deserts", "forests", "oceans"):  # more than the recent states kept
+        await collect(thinker, topic_prompt(topic))
+    events, evaluated = await collect_counting(thinker, later)
+    assert evaluated[0] == events[-1].prompt_tokens - n
+    assert text_of(events) == await answer_in_a_fresh_context(later)
+
+
+async def test_at_most_eight_prompts_stay_pinned_the_oldest_goes_first(thinker: LlamaCppThinker) -> None:
+    words = ["Apples", "Bridges", "Castles", "Dolphins", "Engines", "Falcons", "Gardens", "Harbours", "Islands"]
+
+    def about(word: str, question: str) -> ThinkerRequest:
+        return ThinkerRequest(messages=[Message("system", f"{word} matter most. " * 10),
+                                        Message("user", question)], settings=GREEDY)
+
+    for w in words:
+        assert await asyncio.to_thread(thinker.warm_prompt, about(w, "Hello.")) > 16
+    _, oldest = await collect_counting(thinker, about(words[0], "Why?"))
+    events, second = await collect_counting(thinker, about(words[1], "Why?"))
+    assert oldest[0] > events[-1].prompt_tokens - 10  # dropped: evaluated in full
+    assert second[0] < 10                             # still pinned
+
+
+async def test_warming_a_prompt_waits_for_the_generation_in_progress(thinker: LlamaCppThinker) -> None:
+    story = ask("Tell me a long story about a dragon.", settings=GenerationSettings(max_tokens=40, temperature=0.0))
+    expected = await answer_in_a_fresh_context(story)
+    stream = thinker.stream(story)
+    events = [await stream.__anext__()]
+    done = threading.Event()
+
+    def warm() -> int:
+        try:
+            return thinker.warm_prompt(tool_round("time", "Time in Oslo?"))
+        finally:
+            done.set()
+
+    warming = asyncio.create_task(asyncio.to_thread(warm))
+    events += [ev async for ev in stream]
+    # The context was never used by the warm-up while the story was being told.
+    assert text_of(events) == expected
+    assert await warming > 250 and done.is_set()
 
 
 async def test_embedded_agent_answers_the_time_in_tokyo_in_one_round(thinker: LlamaCppThinker) -> None:
