@@ -65,10 +65,8 @@ from typing import (
     Awaitable,
     Callable,
     Iterable,
-    Protocol,
     Sequence,
     cast,
-    runtime_checkable,
 )
 
 import anyio
@@ -90,6 +88,7 @@ from omni_agent.markup_protocol import (
     ToolCalls,
     read_calls,
 )
+from omni_agent.protocols import PromptWarmer
 from omni_agent.thinker import GenerationSettings, Message, ThinkerRequest
 from omni_agent.tools.registry import Tool, ToolRegistry
 
@@ -394,31 +393,42 @@ def _new_id() -> str:
 WARM_PROMPT_TOOLS = 4
 
 
-@runtime_checkable
-class PromptWarmer(Protocol):
-    """A Thinker that can evaluate a prompt's shared prefix ahead and keep its state
-    (:meth:`omni_agent.thinkers.llama_cpp.LlamaCppThinker.warm_prompt`)."""
-
-    def warm_prompt(self, request: ThinkerRequest) -> int: ...
-
-
-def _routed_round(agent: Any, registry: ToolRegistry, name: str) -> ThinkerRequest:
+def _routed_round(agent: Any, registry: ToolRegistry, name: str,
+                  messages: list[Message] | None = None, exchanges: int = 1) -> ThinkerRequest:
     """The request of a first round routed to ``name``, built as a turn builds it
     (``ToolCalling._route`` shapes the prompt, ``Agent.build_request`` the rest): the
-    agent's system prompt, the earlier calls as text, the tool note and examples with
-    ``name``'s last, the agent's tools, ``tool_choice=name``. The user's text is a
-    stand-in: ``warm_prompt`` keeps only what comes before it."""
+    agent's system prompt, the last ``exchanges`` of the conversation with their calls as
+    text, the tool note and examples with ``name``'s last, the agent's tools,
+    ``tool_choice=name``. ``messages``: system, history and the user's message (default:
+    the system prompt and a stand-in; ``warm_prompt`` keeps only what comes before it)."""
     from omni_agent.tools.prompting import with_calls_as_text, with_tool_examples
 
-    system = getattr(agent, "system_prompt", None) or ""
-    messages = [Message("system", system)] if system else []
-    messages.append(Message("user", "Hello."))
+    if messages is None:
+        system = getattr(agent, "system_prompt", None) or ""
+        messages = [Message("system", system)] if system else []
+        messages.append(Message("user", "Hello."))
     tools = getattr(agent, "tools", None)
+    shaped = with_tool_examples(with_calls_as_text(last_exchanges(messages, exchanges)), registry,
+                                focus=name)
     return ThinkerRequest(
-        messages=with_tool_examples(with_calls_as_text(messages), registry, focus=name),
+        messages=shaped,
         tools=tools.openai_schemas() if isinstance(tools, ToolRegistry) else [],
         tool_choice=name,
         settings=getattr(agent, "settings", None) or GenerationSettings())
+
+
+def last_exchanges(messages: list[Message], n: int) -> list[Message]:
+    """``messages`` (system, history, the user's request and what followed it) with only the
+    last ``n`` exchanges of the history: each from a user message up to the next one. A
+    routed round needs the request and, for a follow-up ("And in Paris?"), the exchange
+    before it; the rest only costs the Thinker time (a small model gains nothing from it)."""
+    head = messages[:1] if messages and messages[0].role == "system" else []
+    body = messages[len(head):]
+    users = [i for i, m in enumerate(body) if m.role == "user"]
+    if not users:
+        return list(messages)
+    start = users[max(0, len(users) - 1 - max(0, n))]
+    return head + body[start:]
 
 
 class ToolCalling(Middleware):
@@ -443,7 +453,9 @@ class ToolCalling(Middleware):
       answer without tools;
     * ``constrain`` — with a router, use schema-constrained decoding for the call
       (the transformers backend honours it); ``few_shot`` — show the tools' examples to
-      the model in that round.
+      the model in that round; ``round_history`` — how many earlier exchanges of the
+      conversation that round sees (1: the one before, for follow-ups like "And in
+      Paris?"; the whole conversation would cost the Thinker time and help nothing).
     """
 
     name = "tools"
@@ -454,7 +466,7 @@ class ToolCalling(Middleware):
                  confirm: ConfirmPolicy | None = None,
                  formats: Sequence[MarkupFormat] = (HERMES,),
                  router: Any = None, constrain: bool = True, few_shot: bool = True,
-                 return_direct: Iterable[str] = (),
+                 round_history: int = 1, return_direct: Iterable[str] = (),
                  error_apology: str = "Sorry, I couldn't do that.",
                  name: str | None = None):
         super().__init__(name=name)
@@ -480,6 +492,7 @@ class ToolCalling(Middleware):
         self.router = router or None
         self.constrain = constrain
         self.few_shot = few_shot
+        self.round_history = max(0, int(round_history))
         self.return_direct = frozenset(return_direct)
         self.error_apology = error_apology
         # The hot path checks one character: the first of every opening tag.
@@ -513,6 +526,26 @@ class ToolCalling(Middleware):
                 thinker.warm_prompt(_routed_round(agent, registry, name))
         return True
 
+    def round_requests(self, agent: Any, messages: list[Message]) -> list[ThinkerRequest]:
+        """The first-round requests the next turn may make (see :class:`PreparesRounds`):
+        with a router, an unrouted round (no tool, the calls as text) and a routed round for
+        each of the first tools (:data:`WARM_PROMPT_TOOLS`); else none (the Thinker's plain
+        request is the agent's)."""
+        if self.router is None:
+            return []
+        from omni_agent.tools.prompting import with_calls_as_text
+
+        registry = self.registry or getattr(agent, "tools", None) or ToolRegistry()
+        tools = getattr(agent, "tools", None)
+        settings = getattr(agent, "settings", None) or GenerationSettings()
+        out = [ThinkerRequest(messages=with_calls_as_text(messages),
+                              tools=tools.openai_schemas() if isinstance(tools, ToolRegistry) else [],
+                              tool_choice="none", settings=settings)]
+        if self.few_shot:
+            out += [_routed_round(agent, registry, name, messages, self.round_history)
+                    for name in registry.names[:WARM_PROMPT_TOOLS]]
+        return out
+
     # ------------------------------------------------------------------ helpers
 
     def _registry(self, ctx: TurnContext) -> ToolRegistry:
@@ -539,6 +572,7 @@ class ToolCalling(Middleware):
         ctx.trace.add_time("tool_router", monotonic() - t0)
         from omni_agent.tools.prompting import with_calls_as_text, with_tool_examples
 
+        exchanges = self.round_history
         opts = ctx.next_round()
         # Earlier turns' calls are shown as text: a small model's template cannot render
         # tool_calls, and an empty assistant turn would confuse it.
@@ -559,7 +593,8 @@ class ToolCalling(Middleware):
             opts.constraint = ToolCallConstraint(registry, [name])
         if self.few_shot:
             def prompt(messages: list[Message]) -> list[Message]:
-                return with_tool_examples(with_calls_as_text(messages), registry, focus=name)
+                return with_tool_examples(with_calls_as_text(last_exchanges(messages, exchanges)),
+                                          registry, focus=name)
 
             opts.prompt = prompt
         return False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from .context import render_context
 from .errors import OmniAgentError, UnsupportedInputError
 from .events import AudioChunk, Context, ErrorEvent, Event, TurnEnd, UserTurn, Utterance
 from .history import AsyncHistory, History, HistoryCalls, HistoryUnavailable, InMemoryHistory
-from .protocols import Closeable, Loadable, Transcriber, WarmsUp
+from .protocols import Closeable, Loadable, PreparesRounds, PromptWarmer, Transcriber, WarmsUp
 from .redaction import redactors
 from .segmenter import Segmenter, SegmenterProtocol
 from .talker import Talker
@@ -445,6 +446,42 @@ class Session:
                     end = ev
         assert end is not None and self.last_trace is not None
         return TurnResult(end.text, end.spoken, end.reason, events, self.last_trace, bytes(audio), sr)
+
+    # ------------------------------------------------------------------ between turns
+
+    async def prepare_next_turn(self) -> int:
+        """Let the Thinker read this conversation ahead of the next turn, while nobody waits
+        (a live session calls it when a turn has ended, as the reply plays). The next
+        turn's first round then evaluates only the user's new words, not the exchanges
+        since the Thinker last saw this prompt (a tool round in between changes it).
+
+        Which requests: what the middleware that shape the first round say it may be
+        (:class:`~omni_agent.protocols.PreparesRounds`, e.g. the tool middleware: an
+        unrouted round and a routed one per tool), else the plain request. Only with a
+        Thinker that keeps prompt states (:class:`~omni_agent.protocols.PromptWarmer`);
+        it stops as soon as a turn starts. Returns the prompt tokens now ready (0: none)."""
+        agent = self.agent
+        thinker = agent.thinker
+        if not isinstance(thinker, PromptWarmer) or self.busy:
+            return 0
+        history = await self.ahistory()
+        system = (self.instructions if self.instructions is not None else agent.system_prompt) or ""
+        messages = [Message("system", system)] if system else []
+        messages += [*history, Message("user", "Hello.")]  # a stand-in: only what precedes it counts
+        requests: list[ThinkerRequest] = []
+        for mw in agent.bus.middleware:
+            if isinstance(mw, PreparesRounds):
+                requests += mw.round_requests(agent, messages)
+        if not requests:
+            requests = [ThinkerRequest(messages=messages, settings=agent.settings,
+                                       tools=agent.tools.openai_schemas() if agent.tools is not None else [])]
+        ready = 0
+        for request in requests:
+            if self.busy:
+                break  # a turn started: its own request goes first
+            ready += await anyio.to_thread.run_sync(functools.partial(thinker.warm_prompt, request,
+                                                                      pin=False))
+        return ready
 
     # ------------------------------------------------------------------ barge-in
 

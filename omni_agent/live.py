@@ -1112,7 +1112,17 @@ class LiveSession:
             return
         await self._after_turn(st, t0, asr_s, times)
         if self._tg is not None and not self._closed:
-            self._tg.start_soon(self._prepare_detector)
+            self._tg.start_soon(self._prepare_next_turn)
+
+    async def _prepare_next_turn(self) -> None:
+        """Between turns, while the reply plays: the turn detector and the Thinker read the
+        conversation so far, so that the next pause and the next draft cost only the new
+        words (see :meth:`Session.prepare_next_turn`)."""
+        await self._prepare_detector()
+        try:
+            await self.session.prepare_next_turn()
+        except Exception as e:  # noqa: BLE001 - only a head start: the next turn works without
+            log.debug("live session: preparing the next turn failed: %s", e)
 
     async def _prepare_detector(self) -> None:
         """Between turns: let the turn detector read the context of its next judgement

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from .events import AudioPart
+from .thinker import Message, ThinkerRequest
 
-__all__ = ["Transcriber", "Loadable", "Closeable", "WarmsUp"]
+__all__ = ["Transcriber", "Loadable", "Closeable", "WarmsUp", "PromptWarmer", "PreparesRounds"]
 
 
 @runtime_checkable
@@ -53,3 +54,23 @@ class WarmsUp(Protocol):
     something."""
 
     def warm_up(self, agent: Any) -> bool: ...
+
+
+@runtime_checkable
+class PromptWarmer(Protocol):
+    """A Thinker that can read a prompt's shared prefix ahead of time and keep its KV state
+    (:meth:`omni_agent.thinkers.llama_cpp.LlamaCppThinker.warm_prompt`): pinned (start-up:
+    a tool round's examples), or as a recent state (between turns: the conversation so far)."""
+
+    def warm_prompt(self, request: ThinkerRequest, *, pin: bool = True) -> int: ...
+
+
+@runtime_checkable
+class PreparesRounds(Protocol):
+    """A middleware that shapes the Thinker's first round of a turn (the tool middleware:
+    tool examples, calls written as text) and so knows what that request will look like.
+    ``round_requests(agent, messages)``: the requests the next turn's first round may make,
+    most likely first, for ``messages`` (system, history, a stand-in user message);
+    :meth:`Session.prepare_next_turn <omni_agent.agent.Session.prepare_next_turn>` warms them."""
+
+    def round_requests(self, agent: Any, messages: list[Message]) -> list[ThinkerRequest]: ...

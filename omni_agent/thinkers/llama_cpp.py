@@ -529,11 +529,15 @@ class LlamaCppThinker:
 
     # ------------------------------------------------------------------ pinned prompts
 
-    def warm_prompt(self, request: ThinkerRequest) -> int:
+    def warm_prompt(self, request: ThinkerRequest, *, pin: bool = True) -> int:
         """Evaluate the part of ``request``'s prompt that every later request with the same
         leading messages shares, and keep its KV state pinned (never evicted). Returns the
         number of tokens kept (0 when there is nothing worth keeping: fewer than 16 tokens, or
         more than the context holds).
+
+        ``pin=False`` keeps it as a recent state instead (evicted like the states saved after
+        answers): for a conversation's next turn, read between turns
+        (:meth:`omni_agent.agent.Session.prepare_next_turn`).
 
         The shared part is found by rendering the request's messages with two different
         final user texts and taking the common token prefix of the two renderings (the
@@ -553,26 +557,29 @@ class LlamaCppThinker:
         self._check_input(request)
         self.load()
         try:
-            return self._worker.executor().submit(self._warm, request).result()
+            return self._worker.executor().submit(self._warm, request, pin).result()
         except (ThinkerError, UnsupportedInputError, ModelNotFoundError, ConfigError):
             raise
         except Exception as e:  # noqa: BLE001 - reported as the Thinker's failure
             raise ThinkerError(f"{self.model_name} failed while warming a prompt: {e}") from e
 
-    def _warm(self, request: ThinkerRequest) -> int:
-        """Runs in the worker thread: evaluate the shared prefix and pin its state."""
+    def _warm(self, request: ThinkerRequest, pin: bool = True) -> int:
+        """Runs in the worker thread: evaluate the shared prefix and keep its state."""
         with self._context_lock:
-            return self._warm_locked(request)
+            return self._warm_locked(request, pin)
 
-    def _warm_locked(self, request: ThinkerRequest) -> int:
+    def _warm_locked(self, request: ThinkerRequest, pin: bool = True) -> int:
         tokens = self._leading_tokens(request)
         ctx = min(self.n_ctx, self._train_ctx or self.n_ctx)
         if len(tokens) < self._prompts.min_gain or len(tokens) >= ctx:
             return 0  # too short to be worth a state, or too long for the context
-        if self._prompts.covers(tokens):
+        if self._prompts.covers(tokens, pinned_only=pin):
             return len(tokens)
         keep = self._reuse_prefix(tokens)
         self.llama.eval(tokens[keep:])
+        if not pin:
+            self._prompts.save(self.llama, tokens)
+            return len(tokens)
         return len(tokens) if self._prompts.pin(self.llama, tokens) else 0
 
     def _leading_tokens(self, request: ThinkerRequest) -> list[int]:
@@ -663,7 +670,7 @@ class _PromptStates:
     A state costs ~23 KB a token for the embedded model (its KV cache).
     """
 
-    def __init__(self, size: int = 3, min_tokens: int = 32, min_gain: int = 16, max_pinned: int = 8):
+    def __init__(self, size: int = 6, min_tokens: int = 32, min_gain: int = 16, max_pinned: int = 8):
         self.size, self.min_tokens, self.min_gain = size, min_tokens, min_gain
         self.max_pinned = max_pinned
         self.items: list[tuple[list[int], Any]] = []   # (tokens, state bytes), newest last
@@ -680,9 +687,11 @@ class _PromptStates:
                 top = (n, data, key)
         return top
 
-    def covers(self, tokens: list[int]) -> bool:
-        """A pinned state starts with all of ``tokens`` already."""
-        return any(_shared(k, tokens) == len(tokens) for k, _ in self.pinned)
+    def covers(self, tokens: list[int], *, pinned_only: bool = True) -> bool:
+        """A pinned state (or, ``pinned_only=False``, any kept one) starts with all of
+        ``tokens`` already."""
+        kept = self.pinned if pinned_only else (*self.pinned, *self.items)
+        return any(_shared(k, tokens) == len(tokens) for k, _ in kept)
 
     def restore(self, llm: Any, saved: tuple[int, Any, list[int]]) -> bool:
         import llama_cpp
