@@ -6,7 +6,10 @@ by the embedded Piper voice and resampled to 16 kHz, with 0.3 s of silence befor
 0.6 s after. Engines:
 
 a. ``whole`` — whisper tiny.en (:class:`~omni_agent.ears.Ears`) on the whole turn once it
-   is over. Latency: the recognition time (all of it comes after the end of speech).
+   is over, its encoder hearing a 10 s window (the default; ``whole-30s``: whisper's own
+   padded 30 s window). Latency: the recognition time (all of it comes after the end of
+   speech). The Piper voice samples its noise, so the set differs a little from run to
+   run: compare engines within one run (each clip goes through every engine).
 b. ``streaming`` — :class:`~omni_agent.streaming_ears.EarsStream` fed 32 ms frames, with
    pauses found by silero VAD by the live session's rule (silence >= 200 ms after
    speech); each closed segment is transcribed as it closes, in the background.
@@ -268,8 +271,10 @@ def _p(xs: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--engines", default="whole,streaming,moonshine",
-                    help="comma-separated: whole, streaming, streaming-segments, streaming-noprompt, streaming-nomerge, moonshine")
+    ap.add_argument("--engines", default="whole,whole-30s,streaming,streaming-30s,moonshine",
+                    help="comma-separated: whole, whole-30s, streaming, streaming-30s, streaming-segments, "
+                         "streaming-noprompt, streaming-nomerge, moonshine (-30s: whisper's full "
+                         "30 s window instead of the default short one)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N plain sentences")
     ap.add_argument("--show-errors", action="store_true", help="print each misheard turn")
     args = ap.parse_args(argv)
@@ -283,11 +288,14 @@ def main(argv: list[str] | None = None) -> int:
           f"synthesized in {perf_counter() - t:.1f} s")
     vad = SileroVAD()
     pauses = [vad_track(c.samples, vad) for c in clips]
-    ears = Ears()
+    ears, full = Ears(), Ears(window_s=None)
     ears.transcribe_samples(clips[0].samples)  # warm up
+    full.transcribe_samples(clips[0].samples)
     engines = {
         "whole": lambda c, p: run_whole(ears, c),
+        "whole-30s": lambda c, p: run_whole(full, c),
         "streaming": lambda c, p: run_streaming(ears, c, p),
+        "streaming-30s": lambda c, p: run_streaming(full, c, p),
         "streaming-noprompt": lambda c, p: run_streaming(ears, c, p, prompt_chars=0),
         "streaming-nomerge": lambda c, p: run_streaming(ears, c, p, min_segment_s=0.0),
         "streaming-segments": lambda c, p: run_streaming(ears, c, p, window_s=0.0),

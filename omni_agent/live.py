@@ -365,7 +365,7 @@ class _TurnTimes:
 
 _GAP_KEEP = 4  # silent frames (~128 ms) kept before resumed speech for the ears
 #: the longest the end-of-turn judgement waits for a draft's Thinker to read its prompt
-_JUDGE_YIELD_S = 0.25
+_JUDGE_YIELD_S = 0.15
 
 _detector_lock = threading.Lock()
 _shared_detector: Any = None

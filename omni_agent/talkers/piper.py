@@ -94,6 +94,8 @@ class PiperTalker:
         # Why: on a small CPU shared with a Thinker, more threads stall both.
         opts.intra_op_num_threads = max(1, int(threads))
         opts.inter_op_num_threads = 1
+        # Threads that spin between runs would take the core the Thinker decodes on.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = onnxruntime.InferenceSession(str(model), sess_options=opts,
                                                    providers=["CPUExecutionProvider"])
