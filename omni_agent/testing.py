@@ -23,10 +23,14 @@ from .thinker import ThinkerRequest
 __all__ = ["ScriptedThinker", "RecordingTalker", "Reply", "words", "word_match"]
 
 def words(text: str) -> list[str]:
-    """Lower-case words of ``text`` without punctuation (for comparing transcripts)."""
+    """Lower-case words of ``text`` without punctuation, whole numbers spelled out ("4" ->
+    "four", "81" -> "eighty one": whisper writes either), for comparing transcripts."""
     import re
 
-    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
+    from num2words import num2words
+
+    text = re.sub(r"\b\d{1,9}\b", lambda m: " " + num2words(int(m[0])) + " ", text.lower())
+    return re.sub(r"[^\w' ]+", " ", text.replace("-", " ")).split()
 
 
 def word_match(heard: str, said: str) -> float:
