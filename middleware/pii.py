@@ -615,6 +615,14 @@ class PIIRedactor(Middleware):
 
     # -------------------------------------------------------------- hooks
 
+    def may_cut(self, text: str, at: int) -> bool:
+        """Whether a reply's first phrase may end at ``text[:at]`` (:class:`CutGuard`): not
+        inside something that is, or may still grow into, personal data ("write to jane |
+        at example dot com"), which each half alone would not show."""
+        if self.detector.hold_from(text) < at:
+            return False
+        return not any(f.start < at < f.end for f in self.detector.find(text))
+
     def on_utterance(self, utt: Utterance, ctx: TurnContext) -> Utterance:
         lang = utt.lang or ctx.lang
         if ctx.state.get("pii_stream_blocks"):

@@ -36,7 +36,7 @@ from .events import AudioChunk, Context, ErrorEvent, Event, TurnEnd, UserTurn, U
 from .history import AsyncHistory, History, HistoryCalls, HistoryUnavailable, InMemoryHistory
 from .protocols import Closeable, Loadable, PreparesRounds, PromptWarmer, Transcriber, WarmsUp
 from .redaction import redactors
-from .segmenter import Segmenter, SegmenterProtocol
+from .segmenter import CutGuard, Segmenter, SegmenterProtocol
 from .talker import Talker
 from .tasks import task_group
 from .thinker import GenerationSettings, Message, Thinker, ThinkerRequest
@@ -352,7 +352,11 @@ class Agent:
         """A fresh segmenter for one turn (override to change how clauses are cut)."""
         if self._segmenter_factory is not None:
             return self._segmenter_factory()
-        return Segmenter()
+        guards = [mw for mw in self.bus.middleware if isinstance(mw, CutGuard)]
+        if not guards:
+            return Segmenter()
+        # A first phrase is cut short only where every such middleware allows it (PII).
+        return Segmenter(cut_guard=lambda text, at: all(g.may_cut(text, at) for g in guards))
 
     def render_contexts(self, contexts: list[Context]) -> str:
         """Turn the turn's contexts into prompt text, untrusted ones marked as data

@@ -37,9 +37,9 @@ fresh one per turn; anything with ``feed`` and ``flush`` (:class:`SegmenterProto
 from __future__ import annotations
 
 import re
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
-__all__ = ["Segmenter", "SegmenterProtocol"]
+__all__ = ["Segmenter", "SegmenterProtocol", "CutGuard"]
 
 
 @runtime_checkable
@@ -54,6 +54,17 @@ class SegmenterProtocol(Protocol):
     def feed(self, text: str) -> list[str]: ...
 
     def flush(self) -> list[str]: ...
+
+
+@runtime_checkable
+class CutGuard(Protocol):
+    """A middleware that must see some stretches of text in one clause (PII: an email or
+    a phone number cut in two is recognised in neither half). ``may_cut(text, at)``: may
+    the first phrase of a reply end at ``text[:at]``, ``text`` being all the reply's text
+    known so far? The segmenter asks before it cuts a first phrase short (clause marks and
+    sentence ends are not asked: they are where the text itself breaks)."""
+
+    def may_cut(self, text: str, at: int) -> bool: ...
 
 
 # Characters at which a boundary may be (decided by _decide).
@@ -128,20 +139,23 @@ class Segmenter:
     ``first_clause``: let the first utterance end at a clause mark (faster first audio).
     ``first_min_chars``: the shortest first clause cut that way. ``first_words``: a first
     sentence with no clause mark by then is cut at a phrase boundary within this many
-    words (0: only at clause marks). ``max_chars``: a
+    words (0: only at clause marks). ``cut_guard``: asked before such a cut (see
+    :class:`CutGuard`; the agent passes its middleware's). ``max_chars``: a
     sentence longer than this is cut at a clause mark or space. ``min_chars``: shorter
     pieces are joined to the next one (except at the end).
     """
 
-    __slots__ = ("first_clause", "first_min_chars", "first_words", "max_chars", "min_chars",
-                 "_buf", "_scan",
+    __slots__ = ("first_clause", "first_min_chars", "first_words", "cut_guard", "max_chars",
+                 "min_chars", "_buf", "_scan",
                  "_count", "_last_clause", "_fit_from", "_fit_end", "_fit_weight", "_full")
 
     def __init__(self, first_clause: bool = True, min_chars: int = 1, *, first_min_chars: int = 10,
-                 max_chars: int = 250, first_words: int = 6):
+                 max_chars: int = 250, first_words: int = 6,
+                 cut_guard: Callable[[str, int], bool] | None = None):
         self.first_clause = first_clause
         self.first_min_chars = first_min_chars
         self.first_words = max(0, int(first_words))
+        self.cut_guard = cut_guard
         self.max_chars = max_chars
         self.min_chars = max(1, min_chars)
         self.reset()
@@ -295,14 +309,20 @@ class Segmenter:
             words.append(m)
             if len(words) > n:
                 break
+        guard = self.cut_guard
+
+        def ok(cut: int) -> bool:
+            return guard is None or guard(buf[lo:], cut - lo)
+
         for k in range(3, min(len(words), n)):
             w = words[k].group().lower().strip("\"'(“‘")
-            if w in _JOINERS and not _inside_number(buf, words[k].start() - 1, lo):
+            if (w in _JOINERS and not _inside_number(buf, words[k].start() - 1, lo)
+                    and ok(words[k - 1].end())):
                 return words[k - 1].end()
         if len(words) > n and (n > 0):
             for k in range(n, 2, -1):  # after word k: not a joining word, not inside a number
                 if (words[k - 1].group().lower() not in _NO_END
-                        and not _inside_number(buf, words[k - 1].end(), lo)):
+                        and not _inside_number(buf, words[k - 1].end(), lo) and ok(words[k - 1].end())):
                     return words[k - 1].end()
         return 0
 

@@ -232,3 +232,31 @@ def test_no_text_is_lost_or_added(words, cuts):
     out = segment(text, cuts=[c for c in cuts if c < len(text)])
     assert all(o == o.strip() and o for o in out)
     assert re.sub(r"\s+", "", "".join(out)) == re.sub(r"\s+", "", text)
+
+
+def test_a_cut_guard_keeps_a_first_phrase_whole_where_it_says_no():
+    asked: list[tuple[str, int]] = []
+
+    def guard(text: str, at: int) -> bool:
+        asked.append((text, at))
+        return "jane" not in text[:at].split()[-1:]  # never right after "jane"
+
+    out = segment("Please write to jane at example dot com today.", step=1, cut_guard=guard)
+    assert " ".join(out) == "Please write to jane at example dot com today."
+    assert not any(piece.endswith("jane") for piece in out)
+    assert asked  # it was asked before each cut it considered
+
+
+def test_the_pii_middleware_guards_the_first_phrase():
+    from omni_agent.agent import Agent
+    from omni_agent.middleware.pii import PIIRedactor
+    from omni_agent.testing import RecordingTalker, ScriptedThinker
+
+    talker = RecordingTalker()
+    reply = [w + " " for w in "Please write to jane at example dot com and I will answer.".split()]
+    agent = Agent(thinker=ScriptedThinker([reply]), talker=talker, middleware=[PIIRedactor()])
+    agent.ask("How do I reach you?")
+    assert not any("jane" in s for s in talker.spoken), talker.spoken
+    plain = Agent(thinker=ScriptedThinker([reply]), talker=RecordingTalker())
+    seg = plain.make_segmenter()
+    assert isinstance(seg, Segmenter) and seg.cut_guard is None  # no guard, no cost

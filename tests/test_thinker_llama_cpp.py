@@ -359,6 +359,19 @@ async def test_warming_a_prompt_waits_for_the_generation_in_progress(thinker: Ll
     assert await warming > 250 and done.is_set()
 
 
+async def test_a_next_turn_warm_up_gives_way_to_a_generation(thinker: LlamaCppThinker) -> None:
+    story = ask("Tell me a long story about a dragon.", settings=GenerationSettings(max_tokens=40, temperature=0.0))
+    stream = thinker.stream(story)
+    await stream.__anext__()
+    next_turn = tool_round("time", "Time in Lima?")
+    with counting_evals(thinker) as evaluated:
+        assert await asyncio.to_thread(thinker.warm_prompt, next_turn, pin=False) == 0
+        async for _ in stream:
+            pass
+    assert sum(evaluated) <= 41  # the story's tokens only: nothing of the warm-up
+    assert await asyncio.to_thread(thinker.warm_prompt, next_turn, pin=False) > 250  # idle: it warms
+
+
 async def test_embedded_agent_answers_the_time_in_tokyo_in_one_round(thinker: LlamaCppThinker) -> None:
     agent = Agent(thinker=thinker, tools=[current_time, calculator],
                   middleware=[ToolCalling(router=True, return_direct=["current_time"])])

@@ -151,6 +151,10 @@ class LlamaCppThinker:
         # Held while the context evaluates: a worker left running by aclose() (it stops at
         # its next token) and the next one, or a warm-up, never use it at once.
         self._context_lock = threading.Lock()
+        # Generations started and not finished: a warm-up for a next turn (pin=False) gives
+        # way to any of them, other sessions' too, rather than make one wait.
+        self._requests = 0
+        self._count_lock = threading.Lock()
         self._worker = GenerationWorker("omni-llama", max_ahead=_QUEUE_SIZE)
         self._prompts = _PromptStates()
 
@@ -344,9 +348,15 @@ class LlamaCppThinker:
     async def stream(self, request: ThinkerRequest) -> AsyncIterator[Event]:
         """Generate an answer to ``request.messages``, yielding events as tokens arrive."""
         self._check_input(request)
-        async for item in self._worker.stream(lambda send, stop: self._generate(request, send, stop),
-                                              request, self.model_name):
-            yield item
+        with self._count_lock:
+            self._requests += 1
+        try:
+            async for item in self._worker.stream(lambda send, stop: self._generate(request, send, stop),
+                                                  request, self.model_name):
+                yield item
+        finally:
+            with self._count_lock:
+                self._requests -= 1
 
     def _generate(self, request: ThinkerRequest, send: Callable[[Any], bool],
                   stop: threading.Event) -> None:
@@ -537,7 +547,8 @@ class LlamaCppThinker:
 
         ``pin=False`` keeps it as a recent state instead (evicted like the states saved after
         answers): for a conversation's next turn, read between turns
-        (:meth:`omni_agent.agent.Session.prepare_next_turn`).
+        (:meth:`omni_agent.agent.Session.prepare_next_turn`). Such a warm-up gives way to
+        generations: while one is running or waiting it does nothing and returns 0.
 
         The shared part is found by rendering the request's messages with two different
         final user texts and taking the common token prefix of the two renderings (the
@@ -569,6 +580,8 @@ class LlamaCppThinker:
             return self._warm_locked(request, pin)
 
     def _warm_locked(self, request: ThinkerRequest, pin: bool = True) -> int:
+        if not pin and self._requests:
+            return 0  # only a head start: a turn that is waiting goes first
         tokens = self._leading_tokens(request)
         ctx = min(self.n_ctx, self._train_ctx or self.n_ctx)
         if len(tokens) < self._prompts.min_gain or len(tokens) >= ctx:
