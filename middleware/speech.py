@@ -214,6 +214,13 @@ class _Numbers:
             point = {"en": "point"}.get(self.base) or self._point_word()
             out = f"{head} {point} {digits}"
             return (self.conv.negword.strip() + " " + out) if sign else out
+        if n < 0:
+            # Some num2words languages (Polish) fail on a negative number: say its sign.
+            try:
+                return self.conv.to_cardinal(n)
+            except (ValueError, TypeError):
+                neg = (getattr(self.conv, "negword", "") or "minus").strip()
+                return f"{neg} {self.conv.to_cardinal(-n)}"
         return self.conv.to_cardinal(n)
 
     def _point_word(self) -> str:

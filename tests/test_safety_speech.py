@@ -83,6 +83,8 @@ def test_english_numbers_are_spoken_as_words(text, said):
     ("fr", "Ça coûte 12,50 € à 10h30.", "Ça coûte douze euros et cinquante centimes à dix heures trente."),
     ("fr", "Le 1er mai.", "Le premier mai."),
     ("es", "Son 30 km y cuesta 5 €.", "Son treinta kilómetros y cuesta cinco euros."),
+    ("de", "Es ist -5 Grad.", "Es ist minus fünf Grad."),
+    ("pl", "Jest -5 stopni.", "Jest minus pięć stopni."),  # num2words alone raises here
 ])
 def test_numbers_follow_the_language(lang, text, said):
     assert speakable(text, lang) == said
