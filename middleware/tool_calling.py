@@ -407,14 +407,19 @@ def _routed_round(agent: Any, registry: ToolRegistry, name: str,
         system = getattr(agent, "system_prompt", None) or ""
         messages = [Message("system", system)] if system else []
         messages.append(Message("user", "Hello."))
-    tools = getattr(agent, "tools", None)
     shaped = with_tool_examples(with_calls_as_text(last_exchanges(messages, exchanges)), registry,
                                 focus=name)
-    return ThinkerRequest(
-        messages=shaped,
-        tools=tools.openai_schemas() if isinstance(tools, ToolRegistry) else [],
-        tool_choice=name,
-        settings=getattr(agent, "settings", None) or GenerationSettings())
+    return _first_round(agent, shaped, name)
+
+
+def _first_round(agent: Any, messages: list[Message], tool_choice: str) -> ThinkerRequest:
+    """A first round's request for ``messages`` as ``Agent.build_request`` makes it: the
+    agent's tools and generation settings, ``tool_choice``."""
+    tools = getattr(agent, "tools", None)
+    return ThinkerRequest(messages=messages,
+                          tools=tools.openai_schemas() if isinstance(tools, ToolRegistry) else [],
+                          tool_choice=tool_choice,
+                          settings=getattr(agent, "settings", None) or GenerationSettings())
 
 
 def last_exchanges(messages: list[Message], n: int) -> list[Message]:
@@ -536,11 +541,7 @@ class ToolCalling(Middleware):
         from omni_agent.tools.prompting import with_calls_as_text
 
         registry = self.registry or getattr(agent, "tools", None) or ToolRegistry()
-        tools = getattr(agent, "tools", None)
-        settings = getattr(agent, "settings", None) or GenerationSettings()
-        out = [ThinkerRequest(messages=with_calls_as_text(messages),
-                              tools=tools.openai_schemas() if isinstance(tools, ToolRegistry) else [],
-                              tool_choice="none", settings=settings)]
+        out = [_first_round(agent, with_calls_as_text(messages), "none")]
         if self.few_shot:
             out += [_routed_round(agent, registry, name, messages, self.round_history)
                     for name in registry.names[:WARM_PROMPT_TOOLS]]

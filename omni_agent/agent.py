@@ -453,7 +453,12 @@ class Session:
 
     # ------------------------------------------------------------------ between turns
 
-    async def prepare_next_turn(self) -> int:
+    @property
+    def system_prompt(self) -> str:
+        """This session's system prompt: its own instructions, else the agent's ("" none)."""
+        return (self.instructions if self.instructions is not None else self.agent.system_prompt) or ""
+
+    async def prepare_next_turn(self, history: list[Message] | None = None) -> int:
         """Let the Thinker read this conversation ahead of the next turn, while nobody waits
         (a live session calls it when a turn has ended, as the reply plays). The next
         turn's first round then evaluates only the user's new words, not the exchanges
@@ -463,13 +468,15 @@ class Session:
         (:class:`~omni_agent.protocols.PreparesRounds`, e.g. the tool middleware: an
         unrouted round and a routed one per tool), else the plain request. Only with a
         Thinker that keeps prompt states (:class:`~omni_agent.protocols.PromptWarmer`);
-        it stops as soon as a turn starts. Returns the prompt tokens now ready (0: none)."""
+        it stops as soon as a turn starts. ``history``: the session's, if the caller has just
+        read it. Returns the prompt tokens now ready (0: none)."""
         agent = self.agent
         thinker = agent.thinker
         if not isinstance(thinker, PromptWarmer) or self.busy:
             return 0
-        history = await self.ahistory()
-        system = (self.instructions if self.instructions is not None else agent.system_prompt) or ""
+        if history is None:
+            history = await self.ahistory()
+        system = self.system_prompt
         messages = [Message("system", system)] if system else []
         messages += [*history, Message("user", "Hello.")]  # a stand-in: only what precedes it counts
         requests: list[ThinkerRequest] = []

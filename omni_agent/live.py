@@ -1118,22 +1118,28 @@ class LiveSession:
         """Between turns, while the reply plays: the turn detector and the Thinker read the
         conversation so far, so that the next pause and the next draft cost only the new
         words (see :meth:`Session.prepare_next_turn`)."""
-        await self._prepare_detector()
         try:
-            await self.session.prepare_next_turn()
+            history = await self.session.ahistory()
+        except Exception as e:  # noqa: BLE001 - only a head start: the next turn works without
+            log.debug("live session: preparing the next turn: no history (%s)", e)
+            return
+        await self._prepare_detector(history)
+        try:
+            await self.session.prepare_next_turn(history)
         except Exception as e:  # noqa: BLE001 - only a head start: the next turn works without
             log.debug("live session: preparing the next turn failed: %s", e)
 
-    async def _prepare_detector(self) -> None:
-        """Between turns: let the turn detector read the context of its next judgement
-        (the conversation so far), so the next pause costs only the new words."""
+    async def _prepare_detector(self, history: list[Any] | None = None) -> None:
+        """Let the turn detector read the context of its next judgement (the conversation
+        so far: ``history``, else read here), so the next pause costs only the new words."""
         from .turn_detector import PreparesTurn
 
         detector = self.turn_detector
         if not self._judges() or not isinstance(detector, PreparesTurn):
             return
         try:
-            history = await self.session.ahistory()
+            if history is None:
+                history = await self.session.ahistory()
             await anyio.to_thread.run_sync(detector.prepare, history[-2:] if history else None)
         except Exception as e:  # noqa: BLE001 - only a head start: the judgement works without
             log.debug("live session: preparing the turn detector failed: %s", e)

@@ -272,8 +272,7 @@ class TurnRunner:
     def _prompt(self, history: list[Message], turn: UserTurn) -> list[Message]:
         agent, ctx = self.agent, self.ctx
         msgs: list[Message] = []
-        instructions = self.session.instructions
-        system = (instructions if instructions is not None else agent.system_prompt) or ""
+        system = self.session.system_prompt
         if ctx.contexts:
             system = (system + "\n\n" if system else "") + agent.render_contexts(ctx.contexts)
         if system:
